@@ -1,0 +1,1 @@
+//! Control thread (in progress)

@@ -1,0 +1,8 @@
+//! The sans-IO core: no sockets, no executors, no clocks. Time comes in as a parameter.
+
+pub mod binding;
+pub mod codec;
+pub mod ids;
+pub mod protocol;
+pub mod router;
+pub mod token;

@@ -1,0 +1,1 @@
+//! Development material (in progress)

@@ -1,0 +1,1 @@
+//! QUIC adapter (in progress)

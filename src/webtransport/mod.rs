@@ -1,0 +1,1 @@
+//! WebTransport (in progress)

@@ -184,7 +184,10 @@ mod tests {
         let mut d = FrameDecoder::new();
         let body = vec![b' '; MAX_FRAME_LEN];
         d.push(&frame(&body));
-        assert_eq!(d.next_frame().unwrap().map(<[u8]>::len), Some(MAX_FRAME_LEN));
+        assert_eq!(
+            d.next_frame().unwrap().map(<[u8]>::len),
+            Some(MAX_FRAME_LEN)
+        );
     }
 
     #[test]
@@ -199,14 +202,23 @@ mod tests {
 
     #[test]
     fn body_errors() {
-        assert!(matches!(decode_client(&[0xff, 0xfe]), Err(DecodeError::Utf8)));
+        assert!(matches!(
+            decode_client(&[0xff, 0xfe]),
+            Err(DecodeError::Utf8)
+        ));
         assert!(matches!(decode_client(b"[1,2]"), Err(DecodeError::Json(_))));
-        assert!(matches!(decode_client(b"{\"type\":"), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode_client(b"{\"type\":"),
+            Err(DecodeError::Json(_))
+        ));
         assert!(matches!(
             decode_client(br#"{"type":"ping","id":"x"}"#),
             Err(DecodeError::Json(_))
         ));
-        assert!(matches!(decode_client(br#"{"id":1}"#), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            decode_client(br#"{"id":1}"#),
+            Err(DecodeError::Json(_))
+        ));
     }
 
     #[test]

@@ -128,7 +128,10 @@ mod tests {
     fn meeting_id_rules() {
         assert!(MeetingId::parse("abc-DEF_1.2").is_ok());
         assert_eq!(MeetingId::parse(""), Err(MeetingIdError::Empty));
-        assert_eq!(MeetingId::parse(&"a".repeat(129)), Err(MeetingIdError::TooLong));
+        assert_eq!(
+            MeetingId::parse(&"a".repeat(129)),
+            Err(MeetingIdError::TooLong)
+        );
         assert!(MeetingId::parse(&"a".repeat(128)).is_ok());
         assert_eq!(MeetingId::parse("a b"), Err(MeetingIdError::BadChar));
         assert_eq!(MeetingId::parse("é"), Err(MeetingIdError::BadChar));

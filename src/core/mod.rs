@@ -3,6 +3,8 @@
 pub mod binding;
 pub mod codec;
 pub mod ids;
+pub mod meeting;
 pub mod protocol;
 pub mod router;
+pub mod shard;
 pub mod token;

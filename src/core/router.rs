@@ -126,7 +126,10 @@ mod tests {
             let expected = ids.len() as f64 / f64::from(n);
             for (shard, c) in counts.iter().enumerate() {
                 let dev = (f64::from(*c) - expected).abs() / expected;
-                assert!(dev < 0.10, "{n} shards: shard {shard} has {c}, expected ~{expected}");
+                assert!(
+                    dev < 0.10,
+                    "{n} shards: shard {shard} has {c}, expected ~{expected}"
+                );
             }
         }
     }
@@ -135,7 +138,10 @@ mod tests {
     fn growing_shards_moves_few_meetings() {
         let ids: Vec<String> = (0..20_000).map(|i| format!("m{i}")).collect();
         let (a, b) = (Router::new(7), Router::new(8));
-        let moved = ids.iter().filter(|id| a.shard_for_str(id) != b.shard_for_str(id)).count();
+        let moved = ids
+            .iter()
+            .filter(|id| a.shard_for_str(id) != b.shard_for_str(id))
+            .count();
         // Ideal is 1/8 of the keys.
         assert!(moved < ids.len() / 6, "moved {moved}");
     }
@@ -144,7 +150,11 @@ mod tests {
     fn cid_round_trip() {
         let cid = encode_cid(0, ShardId(5), &[7; CID_LEN - 5]);
         assert_eq!(shard_of_cid(&cid, 8), Some(ShardId(5)));
-        assert_eq!(shard_of_cid(&cid, 4), None, "shard beyond count is not ours");
+        assert_eq!(
+            shard_of_cid(&cid, 4),
+            None,
+            "shard beyond count is not ours"
+        );
         assert_eq!(shard_of_cid(&cid[..8], 8), None);
         let mut foreign = cid;
         foreign[0] = 0xc3;

@@ -1,1 +1,3 @@
-//! Shard runtime (in progress)
+//! Shard runtime: one glommio executor pinned per core, and the channels between them.
+
+pub mod link;

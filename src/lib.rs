@@ -5,6 +5,7 @@
 //! shard; [`quic`] and [`webtransport`] adapt quiche to the core; [`control`] is the control
 //! thread (HTTP server, metrics, GC client, admin, drain).
 
+pub mod app;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -42,8 +42,8 @@ const LENIENT_CONFIG: GeneralPurposeConfig =
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
 const LENIENT_URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT_CONFIG);
 const LENIENT_STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT_CONFIG);
-/// Length of an encoded token: unpadded base64 of [`RAW_LEN`] bytes.
-const ENCODED_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+/// Length of every binding token, in characters (unpadded base64url of 49 bytes).
+pub const TOKEN_LEN: usize = (RAW_LEN * 4).div_ceil(3);
 
 /// Why a binding secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,7 +147,7 @@ impl BindingKey {
     }
 
     /// Issues a token binding `participant_id` of `meeting_id`, carrying `nonce`, valid until
-    /// `expires_unix_ms`. The result is url-safe and [`ENCODED_LEN`] characters long.
+    /// `expires_unix_ms`. The result is url-safe and [`TOKEN_LEN`] characters long.
     pub fn issue(
         &self,
         meeting_id: &str,
@@ -177,7 +177,7 @@ impl BindingKey {
         participant_id: &str,
         now_unix_ms: u64,
     ) -> Result<BindingClaims, BindingError> {
-        if token.len() != ENCODED_LEN {
+        if token.len() != TOKEN_LEN {
             return Err(BindingError::Malformed);
         }
         let mut raw = [0u8; RAW_LEN];
@@ -231,7 +231,7 @@ impl BindingKey {
 
 /// Decodes an even-length string of hex digits; `None` on odd length or a non-hex byte.
 fn decode_hex(hex: &[u8]) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16);
@@ -258,7 +258,7 @@ mod tests {
     fn round_trip() {
         let k = key();
         let t = k.issue("m1", "p0-1", 42, NOW + 30_000);
-        assert_eq!(t.len(), ENCODED_LEN);
+        assert_eq!(t.len(), TOKEN_LEN);
         assert!(t
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
@@ -340,14 +340,14 @@ mod tests {
         let cases = [
             String::new(),
             "x".into(),
-            "!".repeat(ENCODED_LEN),
-            "A".repeat(ENCODED_LEN + 1),
+            "!".repeat(TOKEN_LEN),
+            "A".repeat(TOKEN_LEN + 1),
             format!("{good}="),
-            good[..ENCODED_LEN - 1].to_string(),
+            good[..TOKEN_LEN - 1].to_string(),
             good.replace('-', "+").replace('_', "/")
                 + if good.contains(['-', '_']) { "" } else { "+" },
             URL_SAFE_NO_PAD.encode(&wrong_version),
-            "é".repeat(ENCODED_LEN / 2),
+            "é".repeat(TOKEN_LEN / 2),
         ];
         for c in cases {
             let err = k.verify(&c, "m1", "p0-1", NOW).unwrap_err();

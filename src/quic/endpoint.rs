@@ -1,0 +1,863 @@
+//! One shard's QUIC endpoint: its quiche `Config`, its connection table, CID routing,
+//! forwarding and handoff. Synchronous: the glommio glue in `runtime::shard` feeds it
+//! datagrams, peer messages and ticks, and drains [`Endpoint::take_output`].
+//!
+//! The seam with the core is narrow: stream bytes in (`Shard::handle_stream_data`), frames
+//! out (`Shard::pop_frame`), connection opened/closed, and the core's actions.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender};
+use rand::RngCore;
+
+use crate::core::codec::Frame;
+use crate::core::ids::{ConnId, ShardId};
+use crate::core::router::{encode_cid, shard_of_cid, CID_LEN};
+use crate::core::shard::{Action, HandoffJoin, Now, Shard, ShardEvent};
+use crate::runtime::latency::LatencyRecorder;
+use crate::runtime::link::{ControlMsg, ShardReply, ShardRequest, ShardSnapshot};
+
+/// ALPN of native QUIC signaling.
+pub const ALPN_MC: &[u8] = b"mc/1";
+/// ALPN of HTTP/3 (WebTransport).
+pub const ALPN_H3: &[u8] = b"h3";
+/// Largest UDP payload we send.
+pub const MAX_DATAGRAM: usize = 1350;
+/// How long CIDs of a connection handed to another shard keep being forwarded by CID lookup.
+const MOVED_TTL: Duration = Duration::from_secs(120);
+
+/// Transport tunables of an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This shard.
+    pub shard: ShardId,
+    /// Shards in the process.
+    pub shard_count: u16,
+    /// Node id for the CID layout.
+    pub node_id: u16,
+    /// TLS certificate chain (PEM path).
+    pub tls_cert: String,
+    /// TLS key (PEM path).
+    pub tls_key: String,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval (zero = off).
+    pub keep_alive: Duration,
+    /// Connections this shard accepts.
+    pub max_connections: usize,
+    /// WebTransport origins (`None` = any).
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Builds a shard's quiche configuration.
+pub fn quiche_config(cfg: &EndpointConfig) -> Result<quiche::Config, quiche::Error> {
+    let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
+    c.load_cert_chain_from_pem_file(&cfg.tls_cert)?;
+    c.load_priv_key_from_pem_file(&cfg.tls_key)?;
+    c.set_application_protos(&[ALPN_MC, ALPN_H3])?;
+    c.set_max_idle_timeout(u64::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u64::MAX));
+    c.set_max_recv_udp_payload_size(MAX_DATAGRAM);
+    c.set_max_send_udp_payload_size(MAX_DATAGRAM);
+    c.set_initial_max_data(4 * 1024 * 1024);
+    c.set_initial_max_stream_data_bidi_local(1024 * 1024);
+    c.set_initial_max_stream_data_bidi_remote(1024 * 1024);
+    c.set_initial_max_stream_data_uni(256 * 1024);
+    c.set_initial_max_streams_bidi(16);
+    c.set_initial_max_streams_uni(16);
+    c.set_disable_active_migration(true);
+    c.set_active_connection_id_limit(4);
+    c.enable_dgram(true, 16, 16);
+    Ok(c)
+}
+
+/// Messages between shards.
+pub enum PeerMsg {
+    /// A datagram the sender's socket received for a connection the receiver owns.
+    Datagram {
+        /// Bytes.
+        data: Vec<u8>,
+        /// Peer address.
+        from: SocketAddr,
+        /// Local address.
+        to: SocketAddr,
+    },
+    /// A connection moving to the meeting's shard.
+    Handoff(Box<Handoff>),
+}
+
+/// What kind of [`PeerMsg`] (kept when the message itself is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMsgKind {
+    /// A forwarded datagram.
+    Datagram,
+    /// A connection handoff.
+    Handoff,
+}
+
+impl PeerMsg {
+    /// Its kind.
+    pub fn kind(&self) -> PeerMsgKind {
+        match self {
+            PeerMsg::Datagram { .. } => PeerMsgKind::Datagram,
+            PeerMsg::Handoff(_) => PeerMsgKind::Handoff,
+        }
+    }
+}
+
+/// A connection in transit between shards.
+pub struct Handoff {
+    id: ConnId,
+    entry: ConnEntry,
+    join: HandoffJoin,
+}
+
+enum App {
+    /// Native QUIC: the signaling stream is the first client bidi stream.
+    Native { stream: Option<u64> },
+    /// WebTransport over HTTP/3.
+    Wt(Box<WtApp>),
+}
+
+struct WtApp {
+    /// Session stream id of the accepted session.
+    session: Option<u64>,
+    /// The WT bidi stream carrying signaling.
+    stream: Option<u64>,
+    /// Pending control-stream writes the transport could not take yet.
+    pending: VecDeque<(u64, Vec<u8>, bool)>,
+    /// Session announced to the core but not yet accepted (waiting for handoff).
+    requested: Option<(u64, String)>,
+}
+
+struct ConnEntry {
+    conn: quiche::Connection,
+    app: App,
+    opened: bool,
+    partial: Option<(Frame, usize)>,
+    closing: Option<Closing>,
+    last_send: Instant,
+    deadline: Option<Instant>,
+}
+
+struct Closing {
+    code: u64,
+    reason: &'static str,
+    fin_sent: bool,
+    close_after: Option<Instant>,
+    hard_deadline: Instant,
+}
+
+/// Counters of the transport layer.
+#[derive(Debug, Default, Clone)]
+pub struct TransportStats {
+    /// Handshakes completed on this shard.
+    pub handshakes: u64,
+    /// Datagrams read from this shard's socket.
+    pub datagrams_received: u64,
+    /// Datagrams forwarded to the owning shard.
+    pub datagrams_forwarded: u64,
+    /// Datagrams received from other shards.
+    pub datagrams_from_peers: u64,
+    /// Connections handed off.
+    pub handoffs_out: u64,
+    /// Connections adopted.
+    pub handoffs_in: u64,
+    /// Datagrams dropped (unparseable, unknown connection, refused).
+    pub datagrams_dropped: u64,
+    /// Connections refused at the per-shard limit.
+    pub refused: u64,
+}
+
+/// Output the glue must perform.
+#[derive(Default)]
+pub struct Output {
+    /// UDP datagrams to send.
+    pub packets: Vec<(Vec<u8>, SocketAddr)>,
+    /// Messages for other shards.
+    pub peers: Vec<(ShardId, PeerMsg)>,
+}
+
+/// A shard's endpoint.
+pub struct Endpoint {
+    cfg: EndpointConfig,
+    qcfg: quiche::Config,
+    core: Shard,
+    conns: HashMap<ConnId, ConnEntry>,
+    cids: HashMap<Vec<u8>, ConnId>,
+    moved: HashMap<Vec<u8>, (ShardId, Instant)>,
+    dirty: HashSet<ConnId>,
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>,
+    closing: HashSet<ConnId>,
+    next_conn: u64,
+    out: Output,
+    stats: TransportStats,
+    lat: [LatencyRecorder; 3],
+    control_rx: Receiver<ControlMsg>,
+    events_tx: Sender<(ShardId, ShardEvent)>,
+    events_dropped: u64,
+    extra_drops: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    last_sweep: Instant,
+    cpu: Option<usize>,
+    stopping: bool,
+    send_buf: Vec<u8>,
+}
+
+/// Wall clock plus monotonic clock, read once per batch.
+pub fn now() -> Now {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Now {
+        mono: Instant::now(),
+        unix_ms,
+    }
+}
+
+impl Endpoint {
+    /// An endpoint around a core shard.
+    pub fn new(
+        cfg: EndpointConfig,
+        qcfg: quiche::Config,
+        core: Shard,
+        control_rx: Receiver<ControlMsg>,
+        events_tx: Sender<(ShardId, ShardEvent)>,
+        cpu: Option<usize>,
+    ) -> Self {
+        let t = Instant::now();
+        Self {
+            cfg,
+            qcfg,
+            core,
+            conns: HashMap::new(),
+            cids: HashMap::new(),
+            moved: HashMap::new(),
+            dirty: HashSet::new(),
+            timers: std::collections::BinaryHeap::new(),
+            closing: HashSet::new(),
+            next_conn: 0,
+            out: Output::default(),
+            stats: TransportStats::default(),
+            lat: [LatencyRecorder::new(t), LatencyRecorder::new(t), LatencyRecorder::new(t)],
+            control_rx,
+            events_tx,
+            events_dropped: 0,
+            extra_drops: std::collections::BTreeMap::new(),
+            last_sweep: t,
+            cpu,
+            stopping: false,
+            send_buf: vec![0; MAX_DATAGRAM],
+        }
+    }
+
+    /// True once a `Shutdown` request was served and every connection is gone.
+    pub fn stopped(&self) -> bool {
+        self.stopping && self.conns.is_empty()
+    }
+
+    /// True once a `Shutdown` request was served.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Takes what must be sent.
+    pub fn take_output(&mut self) -> Output {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Counts a peer message that could not be delivered (channel full).
+    pub fn count_peer_drop(&mut self, kind: PeerMsgKind) {
+        match kind {
+            PeerMsgKind::Datagram => self.bump_drop("connection", "forward_queue_full"),
+            PeerMsgKind::Handoff => self.bump_drop("connection", "handoff_queue_full"),
+        }
+    }
+
+    fn bump_drop(&mut self, actor: &'static str, reason: &'static str) {
+        *self.extra_drops.entry((actor, reason)).or_default() += 1;
+    }
+
+    /// The earliest deadline of any connection or core timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let q = self.timers.peek().map(|std::cmp::Reverse((t, _))| *t);
+        match (q, self.core.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ------------------------------------------------------------------------------
+    // Datagrams
+    // ------------------------------------------------------------------------------
+
+    /// A datagram read from this shard's socket.
+    pub fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
+        self.stats.datagrams_received += 1;
+        let started = Instant::now();
+        self.route(buf, from, to, false);
+        self.lat[2].record(started.elapsed(), started);
+    }
+
+    fn route(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr, forwarded: bool) {
+        let hdr = match quiche::Header::from_slice(buf, CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                self.stats.datagrams_dropped += 1;
+                return;
+            }
+        };
+        let dcid: &[u8] = &hdr.dcid;
+        if let Some(id) = self.cids.get(dcid).copied() {
+            self.recv(id, buf, from, to);
+            return;
+        }
+        if !forwarded {
+            let owner = shard_of_cid(dcid, self.cfg.shard_count)
+                .filter(|s| *s != self.cfg.shard)
+                .or_else(|| self.moved.get(dcid).map(|(s, _)| *s));
+            if let Some(owner) = owner {
+                self.stats.datagrams_forwarded += 1;
+                self.out.peers.push((
+                    owner,
+                    PeerMsg::Datagram {
+                        data: buf.to_vec(),
+                        from,
+                        to,
+                    },
+                ));
+                return;
+            }
+        }
+        if hdr.ty != quiche::Type::Initial {
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
+        if !quiche::version_is_supported(hdr.version) {
+            let mut out = vec![0u8; MAX_DATAGRAM];
+            if let Ok(len) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                out.truncate(len);
+                self.out.packets.push((out, from));
+            }
+            return;
+        }
+        if self.stopping {
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
+        let odcid = hdr.dcid.to_vec();
+        let scid = self.fresh_cid();
+        let qscid = quiche::ConnectionId::from_ref(&scid);
+        let mut conn = match quiche::accept(&qscid, None, to, from, &mut self.qcfg) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(shard = %self.cfg.shard, error = %e, "accept failed");
+                self.stats.datagrams_dropped += 1;
+                return;
+            }
+        };
+        if self.conns.len() >= self.cfg.max_connections {
+            self.stats.refused += 1;
+            let _ = conn.close(false, 0x2, b"server busy");
+        }
+        self.next_conn += 1;
+        let id = ConnId::new(self.cfg.shard, self.next_conn);
+        self.cids.insert(scid.to_vec(), id);
+        self.cids.insert(odcid, id);
+        self.conns.insert(
+            id,
+            ConnEntry {
+                conn,
+                app: App::Native { stream: None },
+                opened: false,
+                partial: None,
+                closing: None,
+                last_send: Instant::now(),
+                deadline: None,
+            },
+        );
+        self.recv(id, buf, from, to);
+    }
+
+    fn fresh_cid(&mut self) -> [u8; CID_LEN] {
+        let mut random = [0u8; CID_LEN - 5];
+        rand::thread_rng().fill_bytes(&mut random);
+        encode_cid(self.cfg.node_id, self.cfg.shard, &random)
+    }
+
+    fn recv(&mut self, id: ConnId, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Err(err) = e.conn.recv(buf, quiche::RecvInfo { from, to }) {
+            if err != quiche::Error::Done {
+                tracing::debug!(shard = %self.cfg.shard, conn = %id, error = %err, "recv failed");
+            }
+        }
+        self.after_io(id);
+    }
+
+    /// Reads streams, feeds the core, writes frames; marks the connection for sending.
+    fn after_io(&mut self, id: ConnId) {
+        self.dirty.insert(id);
+        let t = now();
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !e.opened && (e.conn.is_established() || e.conn.is_in_early_data()) {
+            e.opened = true;
+            self.stats.handshakes += 1;
+            if e.conn.application_proto() == ALPN_H3 {
+                e.app = App::Wt(Box::new(WtApp {
+                    session: None,
+                    stream: None,
+                    pending: VecDeque::new(),
+                    requested: None,
+                }));
+            }
+            self.core.handle_connection_opened(id, t);
+        }
+        self.read_streams(id, t);
+        self.drive_core(t);
+    }
+
+    fn read_streams(&mut self, id: ConnId, t: Now) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(e) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if !e.opened {
+                return;
+            }
+            let Some(sid) = e.conn.stream_readable_next() else {
+                break;
+            };
+            loop {
+                let Some(e) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                let (n, fin) = match e.conn.stream_recv(sid, &mut buf) {
+                    Ok(v) => v,
+                    Err(_) => break,
+                };
+                match &mut e.app {
+                    App::Native { stream } => {
+                        let ours = match stream {
+                            None if sid % 4 == 0 => {
+                                *stream = Some(sid);
+                                true
+                            }
+                            Some(s) => *s == sid,
+                            None => false,
+                        };
+                        if ours {
+                            let started = Instant::now();
+                            self.core.handle_stream_data(id, &buf[..n], t);
+                            self.lat[2].record(started.elapsed(), started);
+                            if fin {
+                                // The client finished its signaling stream: treat as close.
+                                self.close_conn(id, 0, b"stream finished");
+                            }
+                        } else {
+                            let _ = e.conn.stream_shutdown(sid, quiche::Shutdown::Read, 0x101);
+                        }
+                    }
+                    App::Wt(_) => {
+                        // HTTP/3 is negotiated but WebTransport is not wired in yet.
+                        let _ = e.conn.close(true, 0x0101, b"webtransport unavailable");
+                        break;
+                    }
+                }
+                if n == 0 || fin {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn drain_h3(&mut self, _id: ConnId, _t: Now) {}
+
+    fn close_conn(&mut self, id: ConnId, code: u64, reason: &[u8]) {
+        if let Some(e) = self.conns.get_mut(&id) {
+            let _ = e.conn.close(true, code, reason);
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Runs queued core work, applies its actions and writes its frames.
+    fn drive_core(&mut self, t: Now) {
+        loop {
+            let started = Instant::now();
+            if !self.core.process_next(t) {
+                break;
+            }
+            self.lat[1].record(started.elapsed(), started);
+        }
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Close { conn, code, reason } => {
+                    if let Some(e) = self.conns.get_mut(&conn) {
+                        if e.closing.is_none() {
+                            e.closing = Some(Closing {
+                                code,
+                                reason,
+                                fin_sent: false,
+                                close_after: None,
+                                hard_deadline: t.mono + Duration::from_secs(2),
+                            });
+                            self.closing.insert(conn);
+                            self.dirty.insert(conn);
+                        }
+                    }
+                }
+                Action::Handoff { conn, to, join } => self.hand_off(conn, to, *join),
+                Action::Notify(ev) => {
+                    if self.events_tx.try_send((self.cfg.shard, ev)).is_err() {
+                        self.events_dropped += 1;
+                        self.bump_drop("controller", "event_queue_full");
+                    }
+                }
+            }
+        }
+        while let Some(conn) = self.core.poll_writable() {
+            self.write_frames(conn, t);
+            self.dirty.insert(conn);
+        }
+    }
+
+    fn write_frames(&mut self, id: ConnId, t: Now) {
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let sid = match &e.app {
+            App::Native { stream } => *stream,
+            App::Wt(wt) => wt.stream,
+        };
+        let Some(sid) = sid else {
+            return;
+        };
+        loop {
+            let (frame, off) = match e.partial.take() {
+                Some(p) => p,
+                None => match self.core.pop_frame(id) {
+                    Some(f) => (f, 0),
+                    None => break,
+                },
+            };
+            match e.conn.stream_send(sid, &frame[off..], false) {
+                Ok(n) if off + n == frame.len() => {}
+                Ok(n) => {
+                    e.partial = Some((frame, off + n));
+                    break;
+                }
+                Err(quiche::Error::Done) => {
+                    e.partial = Some((frame, off));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(c) = &mut e.closing {
+            if !c.fin_sent && e.partial.is_none() && self.core.queued_frames(id) == 0 {
+                if e.conn.stream_send(sid, b"", true).is_ok() {
+                    c.fin_sent = true;
+                    let rtt = e
+                        .conn
+                        .path_stats()
+                        .next()
+                        .map_or(Duration::from_millis(100), |p| p.rtt);
+                    let grace = (rtt * 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                    c.close_after = Some(t.mono + grace);
+                }
+            }
+        }
+    }
+
+    fn hand_off(&mut self, id: ConnId, to: ShardId, join: HandoffJoin) {
+        let Some(entry) = self.conns.remove(&id) else {
+            return;
+        };
+        let expires = Instant::now() + MOVED_TTL;
+        self.cids.retain(|cid, c| {
+            if *c == id {
+                self.moved.insert(cid.clone(), (to, expires));
+                false
+            } else {
+                true
+            }
+        });
+        self.dirty.remove(&id);
+        self.closing.remove(&id);
+        self.stats.handoffs_out += 1;
+        tracing::debug!(shard = %self.cfg.shard, conn = %id, to = %to, "handing connection to the meeting's shard");
+        self.out
+            .peers
+            .push((to, PeerMsg::Handoff(Box::new(Handoff { id, entry, join }))));
+    }
+
+    /// A message from another shard.
+    pub fn on_peer(&mut self, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Datagram { mut data, from, to } => self.on_forwarded_inner(&mut data, from, to),
+            PeerMsg::Handoff(h) => {
+                let started = Instant::now();
+                self.adopt(*h);
+                self.lat[1].record(started.elapsed(), started);
+            }
+        }
+    }
+
+    fn on_forwarded_inner(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr) {
+        self.stats.datagrams_from_peers += 1;
+        let started = Instant::now();
+        self.route(data, from, to, true);
+        self.lat[2].record(started.elapsed(), started);
+    }
+
+    fn adopt(&mut self, h: Handoff) {
+        let Handoff { id, mut entry, join } = h;
+        self.stats.handoffs_in += 1;
+        let old: Vec<Vec<u8>> = entry.conn.source_ids().map(|c| c.to_vec()).collect();
+        for cid in old {
+            self.cids.insert(cid, id);
+        }
+        // Issue CIDs that name this shard and retire the old ones, so the client's packets
+        // name their owner from now on.
+        for _ in 0..2 {
+            let cid = self.fresh_cid();
+            let mut token = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut token);
+            if entry
+                .conn
+                .new_scid(&quiche::ConnectionId::from_ref(&cid), u128::from_be_bytes(token), true)
+                .is_ok()
+            {
+                self.cids.insert(cid.to_vec(), id);
+            }
+        }
+        self.conns.insert(id, entry);
+        let t = now();
+        self.core.handle_adopted(id, join, t);
+        // A WebTransport session accepted before the handoff: nothing else to do; its
+        // stream bytes arrive with the connection's next packets.
+        self.after_io(id);
+    }
+
+    // ------------------------------------------------------------------------------
+    // Timers, control, sending
+    // ------------------------------------------------------------------------------
+
+    /// Fires due connection and core timers, serves control requests, sweeps keep-alives.
+    pub fn on_tick(&mut self) {
+        let t = now();
+        while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
+            if at > t.mono {
+                break;
+            }
+            self.timers.pop();
+            if let Some(e) = self.conns.get_mut(&id) {
+                if e.deadline == Some(at) {
+                    e.deadline = None;
+                    e.conn.on_timeout();
+                    self.dirty.insert(id);
+                }
+            }
+        }
+        self.core.handle_timeout(t);
+        let closing: Vec<ConnId> = self.closing.iter().copied().collect();
+        for id in closing {
+            let Some(e) = self.conns.get_mut(&id) else {
+                self.closing.remove(&id);
+                continue;
+            };
+            let Some(c) = &e.closing else { continue };
+            let due = c.close_after.is_some_and(|a| t.mono >= a) || t.mono >= c.hard_deadline;
+            if due && !e.conn.is_closed() && !e.conn.is_draining() {
+                let _ = e.conn.close(true, c.code, c.reason.as_bytes());
+                self.closing.remove(&id);
+                self.dirty.insert(id);
+            } else if !c.fin_sent {
+                self.write_frames(id, t);
+                self.dirty.insert(id);
+            }
+        }
+        if t.mono.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = t.mono;
+            self.sweep(t.mono);
+        }
+        self.serve_control(t);
+        self.drive_core(t);
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        self.moved.retain(|_, (_, exp)| *exp > now);
+        if self.cfg.keep_alive.is_zero() {
+            return;
+        }
+        for (id, e) in &mut self.conns {
+            if e.opened && now.saturating_duration_since(e.last_send) >= self.cfg.keep_alive {
+                let _ = e.conn.send_ack_eliciting();
+                self.dirty.insert(*id);
+            }
+        }
+    }
+
+    fn serve_control(&mut self, t: Now) {
+        while let Ok(msg) = self.control_rx.try_recv() {
+            let started = Instant::now();
+            let reply = match msg.req {
+                ShardRequest::Snapshot => ShardReply::Snapshot(Box::new(self.snapshot(t))),
+                ShardRequest::Assign {
+                    meeting_id,
+                    media_handlers,
+                } => ShardReply::Assigned(self.core.assign_meeting(meeting_id, media_handlers, t)),
+                ShardRequest::ListMeetings => ShardReply::Meetings(self.core.meetings(t)),
+                ShardRequest::ShowMeeting(id) => {
+                    ShardReply::Meeting(self.core.meeting(&id, t).map(Box::new))
+                }
+                ShardRequest::EndMeeting(id, reason) => {
+                    ShardReply::Ended(self.core.end_meeting(&id, reason, t))
+                }
+                ShardRequest::SetDraining(d) => {
+                    self.core.set_draining(d);
+                    ShardReply::Done
+                }
+                ShardRequest::EndAll(reason) => {
+                    self.core.set_draining(true);
+                    ShardReply::EndedAll(self.core.end_all(reason, t))
+                }
+                ShardRequest::Shutdown => {
+                    self.stopping = true;
+                    self.core.set_draining(true);
+                    for e in self.conns.values_mut() {
+                        let _ = e.conn.close(true, 0x0, b"shutting down");
+                    }
+                    self.dirty.extend(self.conns.keys().copied());
+                    ShardReply::Done
+                }
+            };
+            if let Some(tx) = msg.reply {
+                let _ = tx.try_send(reply);
+            }
+            self.lat[0].record(started.elapsed(), started);
+        }
+    }
+
+    /// Generates packets for every connection touched since the last call and reaps closed ones.
+    pub fn flush(&mut self) {
+        let t = now();
+        while !self.dirty.is_empty() {
+            let batch: Vec<ConnId> = self.dirty.drain().collect();
+            for id in batch {
+                self.flush_one(id, t);
+            }
+        }
+    }
+
+    fn flush_one(&mut self, id: ConnId, t: Now) {
+        // Frames may be waiting for flow-control credit that just arrived.
+        if self.core.queued_frames(id) > 0
+            || self.conns.get(&id).is_some_and(|e| e.partial.is_some())
+        {
+            self.write_frames(id, t);
+        }
+        if self.conns.get(&id).is_some_and(|e| matches!(e.app, App::Wt(_))) {
+            self.drain_h3(id, t);
+        }
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        loop {
+            match e.conn.send(&mut self.send_buf) {
+                Ok((len, info)) => {
+                    self.out.packets.push((self.send_buf[..len].to_vec(), info.to));
+                    e.last_send = t.mono;
+                }
+                Err(quiche::Error::Done) => break,
+                Err(err) => {
+                    tracing::debug!(shard = %self.cfg.shard, conn = %id, error = %err, "send failed");
+                    let _ = e.conn.close(false, 0x1, b"internal error");
+                    break;
+                }
+            }
+        }
+        if e.conn.is_closed() {
+            self.reap(id, t);
+            return;
+        }
+        while let Some(retired) = e.conn.retired_scid_next() {
+            self.cids.remove(retired.as_ref());
+        }
+        let deadline = e.conn.timeout_instant();
+        if deadline != e.deadline {
+            e.deadline = deadline;
+            if let Some(d) = deadline {
+                self.timers.push(std::cmp::Reverse((d, id)));
+            }
+        }
+    }
+
+    fn reap(&mut self, id: ConnId, t: Now) {
+        if let Some(e) = self.conns.remove(&id) {
+            if let Some(err) = e.conn.peer_error() {
+                tracing::debug!(shard = %self.cfg.shard, conn = %id, code = err.error_code, "peer closed");
+            }
+        }
+        self.cids.retain(|_, c| *c != id);
+        self.closing.remove(&id);
+        self.core.handle_connection_closed(id, t);
+        self.drive_core(t);
+    }
+
+    fn snapshot(&mut self, t: Now) -> ShardSnapshot {
+        let s = self.core.stats();
+        let mut dropped: Vec<(&'static str, &'static str, u64)> =
+            s.dropped.iter().map(|((a, r), n)| (*a, *r, *n)).collect();
+        for ((a, r), n) in &self.extra_drops {
+            dropped.push((a, r, *n));
+        }
+        ShardSnapshot {
+            shard: self.cfg.shard.0,
+            cpu: self.cpu,
+            meetings: self.core.meeting_count(),
+            participants: self.core.participant_count(),
+            connections: self.conns.len(),
+            mailbox_depth: [
+                self.control_rx.len(),
+                self.core.inbox_depth(),
+                self.core.outbound_depth(),
+            ],
+            processing: [
+                self.lat[0].snapshot(t.mono),
+                self.lat[1].snapshot(t.mono),
+                self.lat[2].snapshot(t.mono),
+            ],
+            dropped,
+            panics: s.panics.iter().map(|(a, n)| (*a, *n)).collect(),
+            joins: s.joins.iter().map(|(a, n)| (*a, *n)).collect(),
+            token_failures: s.token_failures.iter().map(|(a, n)| (*a, *n)).collect(),
+            handshakes: self.stats.handshakes,
+            datagrams_received: self.stats.datagrams_received,
+            datagrams_forwarded: self.stats.datagrams_forwarded,
+            handoffs_out: self.stats.handoffs_out,
+            handoffs_in: self.stats.handoffs_in,
+            cpu_seconds: thread_cpu_seconds(),
+            draining: self.core.is_draining(),
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}

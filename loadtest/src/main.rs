@@ -1,1 +1,71 @@
-fn main() {}
+//! `mc-loadtest`: a load generator speaking signaling v1 to the meeting controller.
+//!
+//! See `docs/performance.md` for how to run it and what it reports.
+
+mod accounting;
+mod cli;
+mod clock;
+mod limits;
+mod metrics;
+mod plan;
+mod plot;
+mod report;
+mod run;
+mod stats;
+mod transport;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let settings = match cli::Args::parse().validate() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mc-loadtest: {e}");
+            return ExitCode::from(cli::EXIT_USAGE as u8);
+        }
+    };
+    match run::run(settings) {
+        Ok(report) => output(&report),
+        Err(e) => {
+            eprintln!("mc-loadtest: {e:#}");
+            if e.downcast_ref::<run::Usage>().is_some() {
+                ExitCode::from(cli::EXIT_USAGE as u8)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn output(report: &report::Report) -> ExitCode {
+    let table = report.to_table();
+    if report.settings.json {
+        eprint!("{table}");
+        println!("{:#}", report.to_json());
+    } else {
+        print!("{table}");
+    }
+    if let Some(path) = &report.settings.plot {
+        let title = format!(
+            "mc-loadtest {} ({} threads): latency by percentile, measured window",
+            report.settings.scenario.name(),
+            report.settings.threads
+        );
+        let svg = plot::render(
+            &title,
+            &[
+                ("delivery", &report.latencies.delivery),
+                ("join", &report.latencies.join),
+                ("handshake", &report.latencies.handshake),
+            ],
+        );
+        if let Err(e) = std::fs::write(path, svg) {
+            eprintln!("mc-loadtest: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -618,6 +618,8 @@ impl Endpoint {
     fn adopt(&mut self, h: Handoff) {
         let Handoff { id, mut entry, join } = h;
         self.stats.handoffs_in += 1;
+        // Timers live in the owning shard's heap: re-arm here.
+        entry.deadline = None;
         let old: Vec<Vec<u8>> = entry.conn.source_ids().map(|c| c.to_vec()).collect();
         for cid in old {
             self.cids.insert(cid, id);
@@ -682,7 +684,12 @@ impl Endpoint {
                 self.dirty.insert(id);
             }
         }
-        if t.mono.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
+        let sweep_every = if self.cfg.keep_alive.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (self.cfg.keep_alive / 2).min(Duration::from_secs(1))
+        };
+        if t.mono.saturating_duration_since(self.last_sweep) >= sweep_every {
             self.last_sweep = t.mono;
             self.sweep(t.mono);
         }

@@ -73,7 +73,14 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
     // SAFETY: the fd is a bound, non-blocking UDP socket we own.
     let socket = Rc::new(unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) });
     let ep = Rc::new(RefCell::new(ep));
-    // Connect both directions concurrently: a sender's connect waits for its receiver.
+    // Connect both directions concurrently: a sender's connect waits for its receiver. The
+    // reactor only re-checks pending connections when it wakes up, so keep it awake with a
+    // short timer until the mesh is connected (otherwise a late peer can leave us parked).
+    let nudge = glommio::spawn_local(async {
+        loop {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    });
     let rx_tasks: Vec<_> = peer_rx
         .into_iter()
         .map(|rx| glommio::spawn_local(async move { rx.connect().await }))
@@ -92,10 +99,15 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
         connected.push(t.await);
     }
     let peers: Peers = Rc::new(connected);
+    let mut receivers = Vec::new();
+    for t in rx_tasks {
+        receivers.push(t.await);
+    }
+    drop(nudge);
 
     let mut tasks = Vec::new();
-    for t in rx_tasks {
-        let rx: ConnectedReceiver<PeerMsg> = t.await;
+    for rx in receivers {
+        let rx: ConnectedReceiver<PeerMsg> = rx;
         let (ep, socket, peers) = (ep.clone(), socket.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {

@@ -96,9 +96,20 @@ pub fn start(
 ) -> Result<Runtime, StartError> {
     let n = cfg.cpus.len();
     let shard_count = u16::try_from(n).unwrap_or(u16::MAX);
-    // The first bind resolves port 0; every shard then binds the same port.
-    let first = bind_socket(cfg.listen).map_err(|source| StartError::Bind {
-        addr: cfg.listen,
+    // Port 0: let the kernel pick a port nobody holds (a plain bind never shares a port, an
+    // SO_REUSEPORT autobind may land on another process's group), then bind it N times.
+    let listen = if cfg.listen.port() == 0 {
+        std::net::UdpSocket::bind(cfg.listen)
+            .and_then(|s| s.local_addr())
+            .map_err(|source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?
+    } else {
+        cfg.listen
+    };
+    let first = bind_socket(listen).map_err(|source| StartError::Bind {
+        addr: listen,
         source,
     })?;
     let local_addr = first

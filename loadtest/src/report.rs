@@ -1,0 +1,318 @@
+//! The result of a run: a human table and a JSON document with the same figures.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::accounting::Tally;
+use crate::cli::{Scenario, Settings};
+use crate::metrics::ServerFigures;
+use crate::stats::{Counters, ErrorCounts, Latencies, Percentiles};
+
+/// Controller-side figures over the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServerReport {
+    /// Increase of `mc_messages_dropped_total` over the run.
+    pub dropped: f64,
+    /// Highest `mc_actor_mailbox_depth` seen in the per-second samples.
+    pub mailbox_peak: f64,
+    /// Increase of `mc_datagrams_forwarded_total`.
+    pub datagrams_forwarded: f64,
+    /// Increase of `mc_connection_handoffs_total`.
+    pub handoffs: f64,
+    /// Shard CPU seconds spent during the measured window.
+    pub cpu_seconds_window: Option<f64>,
+    /// Deliveries received during the measured window (by receive time).
+    pub deliveries_window: u64,
+    /// Shards reporting CPU time.
+    pub shards: usize,
+    /// Scrapes that failed.
+    pub scrape_errors: u64,
+}
+
+impl ServerReport {
+    /// Shard CPU seconds per million deliveries over the measured window.
+    pub fn cpu_per_million(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds_window?;
+        (self.deliveries_window > 0).then(|| cpu / (self.deliveries_window as f64 / 1e6))
+    }
+
+    /// Builds the report from the scrapes around the run and around the window.
+    pub fn from_scrapes(
+        before: &ServerFigures,
+        after: &ServerFigures,
+        window: Option<(&ServerFigures, &ServerFigures)>,
+        deliveries_window: u64,
+        mailbox_peak: f64,
+        scrape_errors: u64,
+    ) -> Self {
+        Self {
+            dropped: after.dropped - before.dropped,
+            mailbox_peak: mailbox_peak.max(after.mailbox_max),
+            datagrams_forwarded: after.datagrams_forwarded - before.datagrams_forwarded,
+            handoffs: after.handoffs - before.handoffs,
+            cpu_seconds_window: window.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
+            deliveries_window,
+            shards: after.shards,
+            scrape_errors,
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Settings of the run.
+    pub settings: Settings,
+    /// Participants in the plan.
+    pub planned: u64,
+    /// Length of the measured window, seconds.
+    pub window_secs: f64,
+    /// Counters summed over threads.
+    pub counters: Counters,
+    /// Measured-window latencies.
+    pub latencies: Latencies,
+    /// Delivery accounting.
+    pub tally: Tally,
+    /// Errors by label.
+    pub errors: ErrorCounts,
+    /// Controller figures, when `--metrics-url` was given and answered.
+    pub server: Option<ServerReport>,
+}
+
+fn pct_json(p: &Percentiles) -> Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "count": p.count,
+        "mean_ms": p.mean / 1000.0,
+        "p50_ms": ms(p.p50),
+        "p90_ms": ms(p.p90),
+        "p99_ms": ms(p.p99),
+        "p99_9_ms": ms(p.p999),
+        "max_ms": ms(p.max),
+    })
+}
+
+impl Report {
+    fn per_sec(&self, n: u64) -> f64 {
+        if self.window_secs > 0.0 {
+            n as f64 / self.window_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Share of owed deliveries that never arrived.
+    pub fn loss_ratio(&self) -> f64 {
+        if self.tally.expected == 0 {
+            0.0
+        } else {
+            self.tally.lost as f64 / self.tally.expected as f64
+        }
+    }
+
+    /// The JSON document printed by `--json`.
+    pub fn to_json(&self) -> Value {
+        let s = &self.settings;
+        let c = &self.counters;
+        json!({
+            "scenario": s.scenario.name(),
+            "transport": s.transport.name(),
+            "server": s.server.to_string(),
+            "threads": s.threads,
+            "conns_per_socket": s.conns_per_socket,
+            "meetings": match s.scenario {
+                Scenario::Meetings | Scenario::Churn => Value::from(s.meetings),
+                Scenario::LargeMeeting => Value::from(1),
+                Scenario::JoinStorm => Value::Null,
+            },
+            "participants_per_meeting": s.participants,
+            "participants_planned": self.planned,
+            "rate_per_sender": s.rate,
+            "sender_fraction": s.sender_fraction,
+            "join_rate": s.join_rate,
+            "churn_rate": s.churn_rate,
+            "payload_bytes": s.payload_bytes,
+            "ramp_s": s.ramp.as_secs_f64(),
+            "duration_s": s.duration.as_secs_f64(),
+            "warmup_s": s.warmup.as_secs_f64(),
+            "window_s": self.window_secs,
+            "connections": {
+                "started": c.connects,
+                "handshakes": c.handshakes,
+                "joins": c.joins,
+                "join_failures": c.join_failures,
+                "disconnects": c.disconnects,
+                "handshakes_per_s": self.per_sec(c.handshakes_window),
+                "joins_per_s": self.per_sec(c.joins_window),
+            },
+            "messages": {
+                "sent": c.sent,
+                "sent_window": c.sent_window,
+                "sent_per_s": self.per_sec(c.sent_window),
+                "delivered": c.delivered,
+                "delivered_window": c.delivered_window,
+                "delivered_per_s": self.per_sec(c.delivered_window),
+                "backlog_skips": c.backlog_skips,
+            },
+            "latency": {
+                "delivery": pct_json(&Percentiles::of(&self.latencies.delivery)),
+                "join": pct_json(&Percentiles::of(&self.latencies.join)),
+                "handshake": pct_json(&Percentiles::of(&self.latencies.handshake)),
+            },
+            "deliveries": {
+                "expected": self.tally.expected,
+                "received": self.tally.received,
+                "lost": self.tally.lost,
+                "loss_ratio": self.loss_ratio(),
+                "unexpected": self.tally.unexpected,
+                "duplicates": c.duplicates,
+            },
+            "errors": self.errors,
+            "server": self.server.map(|sv| json!({
+                "messages_dropped": sv.dropped,
+                "mailbox_depth_peak": sv.mailbox_peak,
+                "datagrams_forwarded": sv.datagrams_forwarded,
+                "connection_handoffs": sv.handoffs,
+                "cpu_seconds_window": sv.cpu_seconds_window,
+                "deliveries_window": sv.deliveries_window,
+                "cpu_seconds_per_million_deliveries": sv.cpu_per_million(),
+                "shards": sv.shards,
+                "scrape_errors": sv.scrape_errors,
+            })),
+        })
+    }
+
+    /// The human table.
+    pub fn to_table(&self) -> String {
+        let s = &self.settings;
+        let c = &self.counters;
+        let mut t = String::new();
+        let shape = match s.scenario {
+            Scenario::Meetings | Scenario::Churn => format!(
+                "{} meetings x {} participants, {} msg/s per sender",
+                s.meetings, s.participants, s.rate
+            ),
+            Scenario::LargeMeeting => format!(
+                "1 meeting x {} participants, {:.0}% send {} msg/s",
+                s.participants,
+                s.sender_fraction * 100.0,
+                s.rate
+            ),
+            Scenario::JoinStorm => format!(
+                "{} joins/s into meetings of {}, {} msg/s per sender",
+                s.join_rate, s.participants, s.rate
+            ),
+        };
+        let _ = writeln!(
+            t,
+            "mc-loadtest {} over {} to {} ({} thread{}, {} conn/socket)",
+            s.scenario.name(),
+            s.transport.name(),
+            s.server,
+            s.threads,
+            if s.threads == 1 { "" } else { "s" },
+            s.conns_per_socket
+        );
+        let _ = writeln!(t, "  {shape}");
+        if s.scenario == Scenario::Churn {
+            let _ = writeln!(
+                t,
+                "  churn {} leave+rejoin/s, rejoin after {:?}",
+                s.churn_rate, s.rejoin_delay
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  ramp {:?}, steady {:?} (first {:?} unmeasured): window {:.1} s\n",
+            s.ramp, s.duration, s.warmup, self.window_secs
+        );
+        let _ = writeln!(
+            t,
+            "connections  started {}  handshakes {}  joined {}  join failures {}  disconnects {}",
+            c.connects, c.handshakes, c.joins, c.join_failures, c.disconnects
+        );
+        let _ = writeln!(
+            t,
+            "rates        sent {:.0}/s  delivered {:.0}/s  handshakes {:.1}/s  joins {:.1}/s  (window)",
+            self.per_sec(c.sent_window),
+            self.per_sec(c.delivered_window),
+            self.per_sec(c.handshakes_window),
+            self.per_sec(c.joins_window),
+        );
+        let _ = writeln!(
+            t,
+            "\nlatency (ms)        count       p50       p90       p99     p99.9       max"
+        );
+        for (name, h) in [
+            ("delivery", &self.latencies.delivery),
+            ("join", &self.latencies.join),
+            ("handshake", &self.latencies.handshake),
+        ] {
+            let p = Percentiles::of(h);
+            let ms = |us: u64| us as f64 / 1000.0;
+            let _ = writeln!(
+                t,
+                "  {name:<12} {:>10} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                p.count,
+                ms(p.p50),
+                ms(p.p90),
+                ms(p.p99),
+                ms(p.p999),
+                ms(p.max)
+            );
+        }
+        let _ = writeln!(
+            t,
+            "\ndeliveries   expected {}  received {}  lost {} ({:.4}%)  unexpected {}  duplicates {}",
+            self.tally.expected,
+            self.tally.received,
+            self.tally.lost,
+            self.loss_ratio() * 100.0,
+            self.tally.unexpected,
+            c.duplicates
+        );
+        if c.backlog_skips > 0 {
+            let _ = writeln!(
+                t,
+                "             {} sends skipped: flow-control backlog above 4 MiB",
+                c.backlog_skips
+            );
+        }
+        if self.errors.is_empty() {
+            let _ = writeln!(t, "errors       none");
+        } else {
+            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(t, "errors       {}", list.join(", "));
+        }
+        match &self.server {
+            None => {
+                let _ = writeln!(t, "server       not scraped (no --metrics-url)");
+            }
+            Some(sv) => {
+                let _ = writeln!(
+                    t,
+                    "server       dropped +{}  mailbox peak {}  datagrams forwarded +{}  handoffs +{}",
+                    sv.dropped, sv.mailbox_peak, sv.datagrams_forwarded, sv.handoffs
+                );
+                match (sv.cpu_seconds_window, sv.cpu_per_million()) {
+                    (Some(cpu), Some(per)) => {
+                        let _ = writeln!(
+                            t,
+                            "             shard CPU {cpu:.2} s in window over {} shard(s): {per:.2} s per million deliveries",
+                            sv.shards
+                        );
+                    }
+                    (Some(cpu), None) => {
+                        let _ = writeln!(t, "             shard CPU {cpu:.2} s in window");
+                    }
+                    _ => {}
+                }
+                if sv.scrape_errors > 0 {
+                    let _ = writeln!(t, "             {} scrapes failed", sv.scrape_errors);
+                }
+            }
+        }
+        t
+    }
+}

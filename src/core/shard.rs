@@ -1498,3 +1498,7 @@ impl std::fmt::Debug for Shard {
             .finish()
     }
 }
+
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod tests;

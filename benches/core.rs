@@ -151,7 +151,11 @@ fn meeting_of(n: u64) -> (Shard, Vec<ConnId>) {
         let token = signer.mint(&MintClaims {
             sub: format!("u{i}"),
             meeting_id: "bench-meeting".into(),
-            role: if i == 0 { Role::Host } else { Role::Participant },
+            role: if i == 0 {
+                Role::Host
+            } else {
+                Role::Participant
+            },
             iat: secs,
             exp: secs + 3600,
             jti: None,

@@ -177,7 +177,9 @@ fn new_pair(i: u32, client_cfg: &mut quiche::Config, server_cfg: &mut quiche::Co
     }
     // Open stream 0 the way a client does: with its join.
     let hello = codec::encode(&ClientMessage::Leave {});
-    pair.client.stream_send(STREAM, &hello, false).expect("open stream 0");
+    pair.client
+        .stream_send(STREAM, &hello, false)
+        .expect("open stream 0");
     drive(&mut pair, &mut buf, &mut ignored);
     read_all(&mut pair.server, &mut buf);
     pair
@@ -204,7 +206,10 @@ fn fan_out_once(
     debug_assert_eq!(got, in_frame.len());
     for r in receivers.iter_mut() {
         let started = Instant::now();
-        let n = r.server.stream_send(STREAM, out_frame, false).expect("send");
+        let n = r
+            .server
+            .stream_send(STREAM, out_frame, false)
+            .expect("send");
         server_time += started.elapsed();
         debug_assert_eq!(n, out_frame.len());
         drive(r, buf, &mut server_time);

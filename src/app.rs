@@ -53,8 +53,14 @@ pub fn serve(args: ServeArgs) -> i32 {
         cfg.binding_secret_file
             .get_or_insert(material.binding_secret_path.clone());
         println!("mc dev mode: material in {}", material.dir.display());
-        println!("  certificate SHA-256 (serverCertificateHashes): {}", material.cert_sha256_hex);
-        println!("  certificate SHA-256 (base64): {}", material.cert_sha256_b64);
+        println!(
+            "  certificate SHA-256 (serverCertificateHashes): {}",
+            material.cert_sha256_hex
+        );
+        println!(
+            "  certificate SHA-256 (base64): {}",
+            material.cert_sha256_b64
+        );
         println!(
             "  mint a token:  mc token --dev-dir {} --meeting standup --role host",
             material.dir.display()
@@ -100,16 +106,20 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
         .clone()
         .ok_or_else(|| Failure::Usage("--binding-secret-file is required (or use --dev)".into()))?;
     let secret = std::fs::read(&binding_path).map_err(|e| {
-        Failure::Usage(format!("--binding-secret-file: cannot read {}: {e}", binding_path.display()))
+        Failure::Usage(format!(
+            "--binding-secret-file: cannot read {}: {e}",
+            binding_path.display()
+        ))
     })?;
     let binding = BindingKey::from_file_contents(&secret)
         .map_err(|e| Failure::Usage(format!("--binding-secret-file: {e}")))?;
-    let secret_opt = |p: &Option<std::path::PathBuf>, flag: &str| -> Result<Option<String>, Failure> {
-        match p {
-            Some(p) => Ok(Some(read_secret(flag, p)?)),
-            None => Ok(None),
-        }
-    };
+    let secret_opt =
+        |p: &Option<std::path::PathBuf>, flag: &str| -> Result<Option<String>, Failure> {
+            match p {
+                Some(p) => Ok(Some(read_secret(flag, p)?)),
+                None => Ok(None),
+            }
+        };
     let gc_token = secret_opt(&cfg.gc_token_file, "gc-token-file")?;
     let gc_inbound_token = secret_opt(&cfg.gc_inbound_token_file, "gc-inbound-token-file")?;
     let admin_token = secret_opt(&cfg.admin_token_file, "admin-token-file")?;
@@ -184,7 +194,10 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
         shard_cpus: chosen.iter().map(|c| Some(*c)).collect(),
     };
     let handle = control::start(ccfg, rt.link).map_err(|e| {
-        Failure::Start(format!("cannot serve control HTTP on {}: {e}", cfg.control_listen))
+        Failure::Start(format!(
+            "cannot serve control HTTP on {}: {e}",
+            cfg.control_listen
+        ))
     })?;
     println!(
         "listening quic={quic_addr} control={} shards={shards} cpus={chosen:?}",

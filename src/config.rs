@@ -448,7 +448,7 @@ fn toml_to_string(v: toml::Value) -> String {
 struct Resolver;
 
 impl Resolver {
-    fn number<T: std::str::FromStr>(
+    fn number<T>(
         name: &str,
         flag: Option<String>,
         file: Option<toml::Value>,
@@ -456,7 +456,7 @@ impl Resolver {
         range: (T, T),
     ) -> Result<T, ConfigError>
     where
-        T: PartialOrd + std::fmt::Display + Copy,
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
         let Some(raw) = pick(flag, file.map(toml_to_string)) else {
             return Ok(default);

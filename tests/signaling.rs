@@ -19,9 +19,15 @@ fn event_log(c: &Client) -> Vec<String> {
     c.received
         .iter()
         .filter_map(|m| match m {
-            ServerMessage::ParticipantJoined { participant } => Some(format!("joined {}", participant.participant_id)),
+            ServerMessage::ParticipantJoined { participant } => {
+                Some(format!("joined {}", participant.participant_id))
+            }
             ServerMessage::Message { from, payload } => Some(format!("msg {from} {payload}")),
-            ServerMessage::MuteUpdate { participant_id, audio_muted, .. } => Some(format!("mute {participant_id} {audio_muted}")),
+            ServerMessage::MuteUpdate {
+                participant_id,
+                audio_muted,
+                ..
+            } => Some(format!("mute {participant_id} {audio_muted}")),
             _ => None,
         })
         .collect()
@@ -33,11 +39,28 @@ fn participants_on_different_shards_see_one_ordered_stream() {
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for i in 0..8 {
-        let role = if i == 0 { Role::Host } else { Role::Participant };
+        let role = if i == 0 {
+            Role::Host
+        } else {
+            Role::Participant
+        };
         let mut c = Client::connect(server.quic);
-        let jr = c.join_ok("standup", &server.token("standup", role, &format!("u{i}")), &format!("user {i}"));
-        if let ServerMessage::JoinResponse { participants, role: r, .. } = &jr {
-            assert_eq!(participants.len(), i, "roster excludes the joiner and has everyone before");
+        let jr = c.join_ok(
+            "standup",
+            &server.token("standup", role, &format!("u{i}")),
+            &format!("user {i}"),
+        );
+        if let ServerMessage::JoinResponse {
+            participants,
+            role: r,
+            ..
+        } = &jr
+        {
+            assert_eq!(
+                participants.len(),
+                i,
+                "roster excludes the joiner and has everyone before"
+            );
             assert_eq!(*r, role);
         }
         ids.push(participant_id(&jr));
@@ -59,7 +82,10 @@ fn participants_on_different_shards_see_one_ordered_stream() {
                 to: None,
             });
             if i % 3 == 0 {
-                c.send(&ClientMessage::Mute { audio: round % 2 == 0, video: false });
+                c.send(&ClientMessage::Mute {
+                    audio: round % 2 == 0,
+                    video: false,
+                });
             }
         }
     }
@@ -68,8 +94,16 @@ fn participants_on_different_shards_see_one_ordered_stream() {
     for c in clients.iter_mut() {
         let deadline = std::time::Instant::now() + T;
         while std::time::Instant::now() < deadline {
-            let n_msgs = c.received.iter().filter(|m| matches!(m, ServerMessage::Message { .. })).count();
-            let n_mutes = c.received.iter().filter(|m| matches!(m, ServerMessage::MuteUpdate { .. })).count();
+            let n_msgs = c
+                .received
+                .iter()
+                .filter(|m| matches!(m, ServerMessage::Message { .. }))
+                .count();
+            let n_mutes = c
+                .received
+                .iter()
+                .filter(|m| matches!(m, ServerMessage::MuteUpdate { .. }))
+                .count();
             if n_msgs == expected_msgs && n_mutes == 9 {
                 break;
             }
@@ -80,19 +114,36 @@ fn participants_on_different_shards_see_one_ordered_stream() {
     // participant not receiving its own messages.
     let logs: Vec<Vec<String>> = clients.iter().map(event_log).collect();
     let merged_order = |log: &Vec<String>| -> Vec<String> {
-        log.iter().filter(|e| !e.starts_with("joined")).cloned().collect()
+        log.iter()
+            .filter(|e| !e.starts_with("joined"))
+            .cloned()
+            .collect()
     };
     let reference = merged_order(&logs[0]);
     for (i, log) in logs.iter().enumerate().skip(1) {
         let mine = merged_order(log);
         let own = format!("msg {} ", ids[i]);
-        let ref_without_mine: Vec<&String> = reference.iter().filter(|e| !e.starts_with(&own)).collect();
+        let ref_without_mine: Vec<&String> =
+            reference.iter().filter(|e| !e.starts_with(&own)).collect();
         let own0 = format!("msg {} ", ids[0]);
         let mine_without_0: Vec<&String> = mine.iter().filter(|e| !e.starts_with(&own0)).collect();
-        let ref_without_both: Vec<&&String> = ref_without_mine.iter().filter(|e| !e.starts_with(&own0)).collect();
-        let mine_without_both: Vec<&&String> = mine_without_0.iter().filter(|e| !e.starts_with(&own)).collect();
-        assert_eq!(ref_without_both, mine_without_both, "participant {i} saw a different order");
-        assert_eq!(mine.iter().filter(|e| e.starts_with("msg")).count(), expected_msgs, "participant {i} lost messages");
+        let ref_without_both: Vec<&&String> = ref_without_mine
+            .iter()
+            .filter(|e| !e.starts_with(&own0))
+            .collect();
+        let mine_without_both: Vec<&&String> = mine_without_0
+            .iter()
+            .filter(|e| !e.starts_with(&own))
+            .collect();
+        assert_eq!(
+            ref_without_both, mine_without_both,
+            "participant {i} saw a different order"
+        );
+        assert_eq!(
+            mine.iter().filter(|e| e.starts_with("msg")).count(),
+            expected_msgs,
+            "participant {i} lost messages"
+        );
     }
     // Connections from many source ports landed on both shards and were handed to the owner.
     let metrics = server.metrics();
@@ -117,7 +168,14 @@ fn every_token_failure_is_unauthorized_and_closes() {
     let now = unix_secs();
     let other_signer = mc::core::token::TokenSigner::generate("dev-1");
     let mint = |s: &mc::core::token::TokenSigner, meeting: &str, iat: u64, exp: u64| {
-        s.mint(&MintClaims { sub: "u".into(), meeting_id: meeting.into(), role: Role::Participant, iat, exp, jti: None })
+        s.mint(&MintClaims {
+            sub: "u".into(),
+            meeting_id: meeting.into(),
+            role: Role::Participant,
+            iat,
+            exp,
+            jti: None,
+        })
     };
     let cases = vec![
         ("expired", mint(&server.signer, "m1", now - 7200, now - 3600)),
@@ -153,10 +211,22 @@ fn every_token_failure_is_unauthorized_and_closes() {
         c.join("m1", &token, "x");
         let err = c.expect(what, is_error(ErrorCode::Unauthorized));
         if let ServerMessage::Error { message, .. } = err {
-            assert!(!message.to_lowercase().contains("expired") && !message.contains("kid"), "{what}: message leaks the reason: {message}");
+            assert!(
+                !message.to_lowercase().contains("expired") && !message.contains("kid"),
+                "{what}: message leaks the reason: {message}"
+            );
         }
-        let closed = c.wait_closed(T).unwrap_or_else(|| panic!("{what}: not closed"));
-        assert_eq!(closed, support::Closed { app: true, code: 0x102 }, "{what}");
+        let closed = c
+            .wait_closed(T)
+            .unwrap_or_else(|| panic!("{what}: not closed"));
+        assert_eq!(
+            closed,
+            support::Closed {
+                app: true,
+                code: 0x102
+            },
+            "{what}"
+        );
     }
     // A good token still works afterwards.
     let mut ok = Client::connect(server.quic);
@@ -175,25 +245,49 @@ fn protocol_violations() {
     let mut c = Client::connect(server.quic);
     c.send(&ClientMessage::Ping { id: 1 });
     c.expect("invalid_request", is_error(ErrorCode::InvalidRequest));
-    assert_eq!(c.wait_closed(T), Some(support::Closed { app: true, code: 0x101 }));
+    assert_eq!(
+        c.wait_closed(T),
+        Some(support::Closed {
+            app: true,
+            code: 0x101
+        })
+    );
 
     // Oversized length prefix.
     let mut c = Client::connect(server.quic);
     c.send_raw(&70_000u32.to_be_bytes());
     c.expect("invalid_request", is_error(ErrorCode::InvalidRequest));
-    assert_eq!(c.wait_closed(T), Some(support::Closed { app: true, code: 0x101 }));
+    assert_eq!(
+        c.wait_closed(T),
+        Some(support::Closed {
+            app: true,
+            code: 0x101
+        })
+    );
 
     // Zero length.
     let mut c = Client::connect(server.quic);
     c.send_raw(&0u32.to_be_bytes());
     c.expect("invalid_request", is_error(ErrorCode::InvalidRequest));
-    assert_eq!(c.wait_closed(T), Some(support::Closed { app: true, code: 0x101 }));
+    assert_eq!(
+        c.wait_closed(T),
+        Some(support::Closed {
+            app: true,
+            code: 0x101
+        })
+    );
 
     // Malformed join (bad meeting id) closes.
     let mut c = Client::connect(server.quic);
     c.join("bad id!", "x", "n");
     c.expect("invalid_request", is_error(ErrorCode::InvalidRequest));
-    assert_eq!(c.wait_closed(T), Some(support::Closed { app: true, code: 0x101 }));
+    assert_eq!(
+        c.wait_closed(T),
+        Some(support::Closed {
+            app: true,
+            code: 0x101
+        })
+    );
 
     // After a join, malformed JSON and unknown types are answered and the connection stays.
     let mut c = Client::connect(server.quic);
@@ -201,18 +295,27 @@ fn protocol_violations() {
     let mut bad = 9u32.to_be_bytes().to_vec();
     bad.extend_from_slice(b"{not json");
     c.send_raw(&bad);
-    c.expect("invalid_request for bad json", is_error(ErrorCode::InvalidRequest));
+    c.expect(
+        "invalid_request for bad json",
+        is_error(ErrorCode::InvalidRequest),
+    );
     let mut unk = Vec::new();
     let body = br#"{"type":"teleport","to":"mars"}"#;
     unk.extend_from_slice(&(body.len() as u32).to_be_bytes());
     unk.extend_from_slice(body);
     c.send_raw(&unk);
-    c.expect("invalid_request for unknown type", is_error(ErrorCode::InvalidRequest));
+    c.expect(
+        "invalid_request for unknown type",
+        is_error(ErrorCode::InvalidRequest),
+    );
     // Invalid UTF-8.
     let mut inv = 2u32.to_be_bytes().to_vec();
     inv.extend_from_slice(&[0xff, 0xfe]);
     c.send_raw(&inv);
-    c.expect("invalid_request for invalid utf-8", is_error(ErrorCode::InvalidRequest));
+    c.expect(
+        "invalid_request for invalid utf-8",
+        is_error(ErrorCode::InvalidRequest),
+    );
     c.send(&ClientMessage::Ping { id: 42 });
     c.expect("pong", |m| matches!(m, ServerMessage::Pong { id: 42 }));
     assert!(c.closed().is_none());
@@ -229,8 +332,12 @@ fn protocol_violations() {
     for b in join.iter() {
         c.send_raw(std::slice::from_ref(b));
     }
-    let jr = c.expect("join_response", |m| matches!(m, ServerMessage::JoinResponse { .. }));
-    assert!(matches!(jr, ServerMessage::JoinResponse { request_id: Some(ref r), .. } if r == "r-1"));
+    let jr = c.expect("join_response", |m| {
+        matches!(m, ServerMessage::JoinResponse { .. })
+    });
+    assert!(
+        matches!(jr, ServerMessage::JoinResponse { request_id: Some(ref r), .. } if r == "r-1")
+    );
     let mut two = mc::core::codec::encode(&ClientMessage::Ping { id: 1 }).to_vec();
     two.extend_from_slice(&mc::core::codec::encode(&ClientMessage::Ping { id: 2 }));
     c.send_raw(&two);
@@ -244,59 +351,126 @@ fn host_actions_leave_and_kick() {
     let mut host = Client::connect(server.quic);
     let h = participant_id(&host.join_ok("room", &server.token("room", Role::Host, "h"), "host"));
     let mut a = Client::connect(server.quic);
-    let a_id = participant_id(&a.join_ok("room", &server.token("room", Role::Participant, "a"), "a"));
+    let a_id =
+        participant_id(&a.join_ok("room", &server.token("room", Role::Participant, "a"), "a"));
     let mut b = Client::connect(server.quic);
-    let b_id = participant_id(&b.join_ok("room", &server.token("room", Role::Participant, "b"), "b"));
+    let b_id =
+        participant_id(&b.join_ok("room", &server.token("room", Role::Participant, "b"), "b"));
 
     // A participant may not use host actions.
-    a.send(&ClientMessage::Kick { participant_id: b_id.clone() });
+    a.send(&ClientMessage::Kick {
+        participant_id: b_id.clone(),
+    });
     a.expect("forbidden", is_error(ErrorCode::Forbidden));
     a.send(&ClientMessage::EndMeeting {});
     a.expect("forbidden", is_error(ErrorCode::Forbidden));
-    a.send(&ClientMessage::HostMute { participant_id: h.clone(), audio: true, video: true });
+    a.send(&ClientMessage::HostMute {
+        participant_id: h.clone(),
+        audio: true,
+        video: true,
+    });
     a.expect("forbidden", is_error(ErrorCode::Forbidden));
 
     // Host mute reaches everyone, the target included.
-    host.send(&ClientMessage::HostMute { participant_id: a_id.clone(), audio: true, video: false });
+    host.send(&ClientMessage::HostMute {
+        participant_id: a_id.clone(),
+        audio: true,
+        video: false,
+    });
     for c in [&mut host, &mut a, &mut b] {
         c.expect("mute_update", |m| matches!(m, ServerMessage::MuteUpdate { participant_id, audio_host_muted: true, audio_muted: true, .. } if *participant_id == a_id));
     }
     // Kick of a non-member.
-    host.send(&ClientMessage::Kick { participant_id: "p0-ffff".into() });
+    host.send(&ClientMessage::Kick {
+        participant_id: "p0-ffff".into(),
+    });
     host.expect("not_found", is_error(ErrorCode::NotFound));
     // Targeted message.
-    host.send(&ClientMessage::Message { payload: serde_json::json!("psst"), to: Some(vec![b_id.clone()]) });
-    b.expect("direct message", |m| matches!(m, ServerMessage::Message { from, .. } if *from == h));
+    host.send(&ClientMessage::Message {
+        payload: serde_json::json!("psst"),
+        to: Some(vec![b_id.clone()]),
+    });
+    b.expect(
+        "direct message",
+        |m| matches!(m, ServerMessage::Message { from, .. } if *from == h),
+    );
     // Kick b: b gets meeting_ended{kicked} and a clean close, others participant_left{kicked}.
-    host.send(&ClientMessage::Kick { participant_id: b_id.clone() });
-    b.expect("meeting_ended kicked", |m| matches!(m, ServerMessage::MeetingEnded { reason: mc::core::protocol::EndReason::Kicked }));
-    assert_eq!(b.wait_closed(T), Some(support::Closed { app: true, code: 0 }));
+    host.send(&ClientMessage::Kick {
+        participant_id: b_id.clone(),
+    });
+    b.expect("meeting_ended kicked", |m| {
+        matches!(
+            m,
+            ServerMessage::MeetingEnded {
+                reason: mc::core::protocol::EndReason::Kicked
+            }
+        )
+    });
+    assert_eq!(
+        b.wait_closed(T),
+        Some(support::Closed { app: true, code: 0 })
+    );
     a.expect("participant_left kicked", |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Kicked } if *participant_id == b_id));
-    assert!(a.received.iter().all(|m| !matches!(m, ServerMessage::Message { .. })), "a must not see b's direct message");
+    assert!(
+        a.received
+            .iter()
+            .all(|m| !matches!(m, ServerMessage::Message { .. })),
+        "a must not see b's direct message"
+    );
     // a leaves voluntarily.
     a.send(&ClientMessage::Leave {});
-    assert_eq!(a.wait_closed(T), Some(support::Closed { app: true, code: 0 }));
+    assert_eq!(
+        a.wait_closed(T),
+        Some(support::Closed { app: true, code: 0 })
+    );
     host.expect("participant_left voluntary", |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Voluntary } if *participant_id == a_id));
     // The host ends the meeting.
     let mut c = Client::connect(server.quic);
     c.join_ok("room", &server.token("room", Role::Participant, "c"), "c");
     host.send(&ClientMessage::EndMeeting {});
     for cl in [&mut host, &mut c] {
-        cl.expect("meeting_ended", |m| matches!(m, ServerMessage::MeetingEnded { reason: mc::core::protocol::EndReason::EndedByHost }));
-        assert_eq!(cl.wait_closed(T), Some(support::Closed { app: true, code: 0 }));
+        cl.expect("meeting_ended", |m| {
+            matches!(
+                m,
+                ServerMessage::MeetingEnded {
+                    reason: mc::core::protocol::EndReason::EndedByHost
+                }
+            )
+        });
+        assert_eq!(
+            cl.wait_closed(T),
+            Some(support::Closed { app: true, code: 0 })
+        );
     }
 }
 
 #[test]
 fn vanished_client_times_out_after_resume_window() {
-    let server = Server::start("grace", &["--shards", "2", "--resume-window", "1s", "--idle-timeout", "1s", "--keep-alive", "200ms"]);
+    let server = Server::start(
+        "grace",
+        &[
+            "--shards",
+            "2",
+            "--resume-window",
+            "1s",
+            "--idle-timeout",
+            "1s",
+            "--keep-alive",
+            "200ms",
+        ],
+    );
     let mut a = Client::connect(server.quic);
     a.join_ok("g", &server.token("g", Role::Participant, "a"), "a");
     let mut b = Client::connect(server.quic);
     let b_id = participant_id(&b.join_ok("g", &server.token("g", Role::Participant, "b"), "b"));
     b.vanish();
     // No immediate participant_left: the participant is kept for the resume window.
-    assert!(a.wait_for(Duration::from_millis(500), |m| matches!(m, ServerMessage::ParticipantLeft { .. })).is_none());
+    assert!(a
+        .wait_for(Duration::from_millis(500), |m| matches!(
+            m,
+            ServerMessage::ParticipantLeft { .. }
+        ))
+        .is_none());
     a.expect("participant_left timeout", |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Timeout } if *participant_id == b_id));
 }
 
@@ -304,63 +478,124 @@ fn vanished_client_times_out_after_resume_window() {
 fn slow_consumer_is_disconnected_and_the_meeting_carries_on() {
     let server = Server::start(
         "slow",
-        &["--shards", "2", "--mailbox-size", "16", "--slow-consumer-drops", "8", "--rate-limit", "100000", "--rate-burst", "100000"],
+        &[
+            "--shards",
+            "2",
+            "--mailbox-size",
+            "16",
+            "--slow-consumer-drops",
+            "8",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ],
     );
     let mut sender = Client::connect(server.quic);
     sender.join_ok("busy", &server.token("busy", Role::Participant, "s"), "s");
     let mut good = Client::connect(server.quic);
     good.join_ok("busy", &server.token("busy", Role::Participant, "g"), "g");
     let mut slow = Client::connect_with_stream_window(server.quic, 512);
-    let slow_id = participant_id(&slow.join_ok("busy", &server.token("busy", Role::Participant, "w"), "w"));
+    let slow_id =
+        participant_id(&slow.join_ok("busy", &server.token("busy", Role::Participant, "w"), "w"));
     slow.reading = false;
     let big = "x".repeat(1000);
     let total = 200;
     for i in 0..total {
-        sender.send(&ClientMessage::Message { payload: serde_json::json!({ "i": i, "pad": big }), to: None });
+        sender.send(&ClientMessage::Message {
+            payload: serde_json::json!({ "i": i, "pad": big }),
+            to: None,
+        });
         good.io(Duration::from_millis(0));
     }
     good.expect("participant_left connection_lost", |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::ConnectionLost } if *participant_id == slow_id));
     // The good participant got every message.
     let deadline = std::time::Instant::now() + T;
     while std::time::Instant::now() < deadline {
-        if good.received.iter().filter(|m| matches!(m, ServerMessage::Message { .. })).count() == total {
+        if good
+            .received
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Message { .. }))
+            .count()
+            == total
+        {
             break;
         }
         good.io(Duration::from_millis(10));
     }
-    assert_eq!(good.received.iter().filter(|m| matches!(m, ServerMessage::Message { .. })).count(), total);
+    assert_eq!(
+        good.received
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Message { .. }))
+            .count(),
+        total
+    );
     slow.reading = true;
     let closed = slow.wait_closed(T);
-    assert_eq!(closed, Some(support::Closed { app: true, code: 0x104 }));
+    assert_eq!(
+        closed,
+        Some(support::Closed {
+            app: true,
+            code: 0x104
+        })
+    );
 }
 
 #[test]
 fn a_panicking_meeting_leaves_others_served() {
     let server = Server::start("panic", &["--shards", "2", "--enable-test-hooks"]);
     let mut victim = Client::connect(server.quic);
-    victim.join_ok("doomed", &server.token("doomed", Role::Participant, "v"), "v");
+    victim.join_ok(
+        "doomed",
+        &server.token("doomed", Role::Participant, "v"),
+        "v",
+    );
     let mut bystander = Client::connect(server.quic);
-    bystander.join_ok("doomed", &server.token("doomed", Role::Participant, "b"), "b");
+    bystander.join_ok(
+        "doomed",
+        &server.token("doomed", Role::Participant, "b"),
+        "b",
+    );
     let mut other = Client::connect(server.quic);
     other.join_ok("fine", &server.token("fine", Role::Participant, "o"), "o");
     let mut other2 = Client::connect(server.quic);
     other2.join_ok("fine", &server.token("fine", Role::Participant, "o2"), "o2");
 
-    victim.send(&ClientMessage::Message { payload: serde_json::json!(mc::core::shard::TEST_PANIC_PAYLOAD), to: None });
+    victim.send(&ClientMessage::Message {
+        payload: serde_json::json!(mc::core::shard::TEST_PANIC_PAYLOAD),
+        to: None,
+    });
     for c in [&mut victim, &mut bystander] {
         c.expect("internal error", is_error(ErrorCode::Internal));
-        assert_eq!(c.wait_closed(T), Some(support::Closed { app: true, code: 0x105 }));
+        assert_eq!(
+            c.wait_closed(T),
+            Some(support::Closed {
+                app: true,
+                code: 0x105
+            })
+        );
     }
-    other.send(&ClientMessage::Message { payload: serde_json::json!("still here"), to: None });
-    other2.expect("message in the other meeting", |m| matches!(m, ServerMessage::Message { .. }));
+    other.send(&ClientMessage::Message {
+        payload: serde_json::json!("still here"),
+        to: None,
+    });
+    other2.expect("message in the other meeting", |m| {
+        matches!(m, ServerMessage::Message { .. })
+    });
     // A new join to the failed meeting starts it afresh.
     let mut again = Client::connect(server.quic);
-    again.join_ok("doomed", &server.token("doomed", Role::Participant, "v"), "v");
+    again.join_ok(
+        "doomed",
+        &server.token("doomed", Role::Participant, "v"),
+        "v",
+    );
     let metrics = server.metrics();
     if metrics.contains("mc_actor_panics_total") {
         let panics: f64 = metrics
             .lines()
-            .filter(|l| l.starts_with("mc_actor_panics_total{") && l.contains("actor_type=\"meeting\""))
+            .filter(|l| {
+                l.starts_with("mc_actor_panics_total{") && l.contains("actor_type=\"meeting\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
         assert_eq!(panics, 1.0, "{metrics}");

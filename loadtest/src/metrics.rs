@@ -26,7 +26,9 @@ impl HttpUrl {
         if authority.is_empty() {
             return Err(format!("`{url}` has no host"));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         {
             authority.to_owned()
         } else {
@@ -48,8 +50,10 @@ pub fn http_get(url: &HttpUrl, timeout: Duration) -> Result<String, String> {
         .next()
         .ok_or_else(|| format!("{}: no address", url.authority))?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
         url.path, url.authority
@@ -71,7 +75,11 @@ pub fn http_get(url: &HttpUrl, timeout: Duration) -> Result<String, String> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(body) } else { body.to_vec() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -115,7 +123,11 @@ pub fn parse(text: &str) -> Vec<Sample> {
                 let Some(j) = line[i..].rfind('}') else {
                     continue;
                 };
-                (&line[..i], parse_labels(&line[i + 1..i + j]), &line[i + j + 1..])
+                (
+                    &line[..i],
+                    parse_labels(&line[i + 1..i + j]),
+                    &line[i + j + 1..],
+                )
             }
             None => match line.split_once(' ') {
                 Some((n, r)) => (n, Vec::new(), r),
@@ -262,9 +274,15 @@ weird{a="x\"y",b="c,d"} 1e3 1700000000
     #[test]
     fn urls() {
         let u = HttpUrl::parse("http://127.0.0.1:8080/metrics").unwrap();
-        assert_eq!((u.authority.as_str(), u.path.as_str()), ("127.0.0.1:8080", "/metrics"));
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("127.0.0.1:8080", "/metrics")
+        );
         let u = HttpUrl::parse("http://localhost").unwrap();
-        assert_eq!((u.authority.as_str(), u.path.as_str()), ("localhost:80", "/metrics"));
+        assert_eq!(
+            (u.authority.as_str(), u.path.as_str()),
+            ("localhost:80", "/metrics")
+        );
         assert!(HttpUrl::parse("https://x/metrics").is_err());
         assert!(HttpUrl::parse("http:///metrics").is_err());
     }

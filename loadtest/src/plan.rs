@@ -100,7 +100,11 @@ impl Plan {
                     participants.push(ParticipantPlan {
                         idx: j,
                         meeting: 0,
-                        role: if j == 0 { Role::Host } else { Role::Participant },
+                        role: if j == 0 {
+                            Role::Host
+                        } else {
+                            Role::Participant
+                        },
                         join_at: spread(s.ramp, u64::from(j), u64::from(p)),
                         sender: sender && s.rate > 0.0,
                         leave_at: None,
@@ -258,7 +262,10 @@ mod tests {
         assert!((t(100) - 2.0).abs() < 1e-9);
         assert!((t(200) - 3.0).abs() < 1e-9);
         assert!(t(50) > 1.0, "the ramp starts slow");
-        assert_eq!(plan.participants[7].leave_at.unwrap() - plan.participants[7].join_at, Duration::from_secs(1));
+        assert_eq!(
+            plan.participants[7].leave_at.unwrap() - plan.participants[7].join_at,
+            Duration::from_secs(1)
+        );
         assert_eq!(plan.meeting_ids.len(), 550);
     }
 

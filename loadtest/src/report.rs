@@ -282,7 +282,11 @@ impl Report {
         if self.errors.is_empty() {
             let _ = writeln!(t, "errors       none");
         } else {
-            let list: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             let _ = writeln!(t, "errors       {}", list.join(", "));
         }
         match &self.server {

@@ -87,7 +87,12 @@ impl Sampler {
     }
 }
 
-fn scrape_or_count(url: &HttpUrl, errors: &mut u64, quiet: bool, when: &str) -> Option<ServerFigures> {
+fn scrape_or_count(
+    url: &HttpUrl,
+    errors: &mut u64,
+    quiet: bool,
+    when: &str,
+) -> Option<ServerFigures> {
     match ServerFigures::scrape(url) {
         Ok(f) => Some(f),
         Err(e) => {
@@ -109,7 +114,11 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
     // One socket per `conns_per_socket` participants, plus slack for the runtime.
     let sockets: u64 = (0..threads)
         .map(|t| {
-            let n = plan.participants.iter().filter(|p| p.idx as usize % threads == t).count();
+            let n = plan
+                .participants
+                .iter()
+                .filter(|p| p.idx as usize % threads == t)
+                .count();
             n.div_ceil(settings.conns_per_socket) as u64
         })
         .sum();
@@ -196,15 +205,17 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         if !window_started && now >= t0 + tl.window_start {
             window_started = true;
             if let Some(u) = &metrics_url {
-                window_scrape = scrape_or_count(u, &mut scrape_errors, settings.quiet, "at the window start")
-                    .map(|f| (f, shared.delivered.load(Ordering::Relaxed)));
+                window_scrape =
+                    scrape_or_count(u, &mut scrape_errors, settings.quiet, "at the window start")
+                        .map(|f| (f, shared.delivered.load(Ordering::Relaxed)));
             }
         }
         if !window_ended && now >= t0 + tl.steady_end {
             window_ended = true;
             if let Some(u) = &metrics_url {
-                end_scrape = scrape_or_count(u, &mut scrape_errors, settings.quiet, "at the window end")
-                    .map(|f| (f, shared.delivered.load(Ordering::Relaxed)));
+                end_scrape =
+                    scrape_or_count(u, &mut scrape_errors, settings.quiet, "at the window end")
+                        .map(|f| (f, shared.delivered.load(Ordering::Relaxed)));
             }
         }
         if now >= next_print {
@@ -222,7 +233,15 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
                     .unwrap_or_else(|| "-".into());
                 eprintln!(
                     "{}",
-                    progress_line(now.saturating_duration_since(t0), &tl, &total, &prev, &live, &errors, &mailbox)
+                    progress_line(
+                        now.saturating_duration_since(t0),
+                        &tl,
+                        &total,
+                        &prev,
+                        &live,
+                        &errors,
+                        &mailbox
+                    )
                 );
             }
             prev = total;

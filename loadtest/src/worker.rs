@@ -24,7 +24,7 @@ use rand::Rng as _;
 use serde_json::{json, Value};
 
 use crate::accounting::{MemberKey, ReceiverLog, Recorded, SenderLedger};
-use crate::cli::Settings;
+use crate::cli::{Scenario, Settings};
 use crate::clock::Clock;
 use crate::plan::{display_name, parse_display_name, ParticipantPlan, Timeline};
 use crate::stats::{record, Counters, ErrorCounts, Latencies, Tick};
@@ -216,6 +216,7 @@ struct Ctx {
     pending_delivered: u64,
     shared: Arc<Shared>,
     recording: bool,
+    storm: bool,
 }
 
 impl Ctx {
@@ -230,6 +231,13 @@ impl Ctx {
 
     fn in_window(&self, intended: Instant) -> bool {
         intended >= self.window_start && intended < self.steady_end
+    }
+
+    /// Whether a connection started at `intended` counts in the join and handshake figures:
+    /// in `join-storm` only inside the measured window, elsewhere every join (they happen
+    /// during the ramp by design).
+    fn join_measured(&self, intended: Instant) -> bool {
+        !self.storm || self.in_window(intended)
     }
 }
 
@@ -300,6 +308,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         pending_delivered: 0,
         shared,
         recording: true,
+        storm: settings.scenario == Scenario::JoinStorm,
         settings,
     };
 
@@ -375,7 +384,16 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
                 break;
             }
             ctx.heap.pop();
-            fire(&mut ctx, &mut parts, &mut socks, &mut poll, &mut config, ev, at, now);
+            fire(
+                &mut ctx,
+                &mut parts,
+                &mut socks,
+                &mut poll,
+                &mut config,
+                ev,
+                at,
+                now,
+            );
         }
         service_dirty(&mut ctx, &mut parts, &mut socks, &mut bufs, now);
         flush_shared(&mut ctx);
@@ -584,9 +602,9 @@ fn connect(
     if socks[s].is_none() {
         match open_socket(server, ctx.settings.conns_per_socket > 1) {
             Ok((mut io, local)) => {
-                if let Err(e) =
-                    poll.registry()
-                        .register(&mut io, Token(s), Interest::READABLE)
+                if let Err(e) = poll
+                    .registry()
+                    .register(&mut io, Token(s), Interest::READABLE)
                 {
                     ctx.error(format!("socket_register:{}", e.kind()));
                     ctx.counters.join_failures += 1;
@@ -642,7 +660,10 @@ fn connect(
     part.rejoin = false;
     ctx.counters.connects += 1;
     let epoch = part.epoch;
-    ctx.schedule(at + ctx.settings.connect_timeout, Ev::JoinDeadline(p, epoch));
+    ctx.schedule(
+        at + ctx.settings.connect_timeout,
+        Ev::JoinDeadline(p, epoch),
+    );
     mark(ctx, part, p);
 }
 
@@ -810,12 +831,16 @@ fn service(
     }
     let established = part.conn.as_ref().is_some_and(|c| c.is_established());
     if part.phase == Phase::Handshaking && established {
-        let us = now.saturating_duration_since(part.intended_start).as_micros() as u64;
+        let us = now
+            .saturating_duration_since(part.intended_start)
+            .as_micros() as u64;
         ctx.counters.handshakes += 1;
         if ctx.recording {
             record(&mut ctx.live.handshake, us);
-            if ctx.in_window(part.intended_start) {
+            if ctx.join_measured(part.intended_start) {
                 record(&mut ctx.window.handshake, us);
+            }
+            if ctx.in_window(part.intended_start) {
                 ctx.counters.handshakes_window += 1;
             }
         }
@@ -938,8 +963,10 @@ fn on_message(ctx: &mut Ctx, part: &mut Participant, p: usize, msg: ServerMessag
             let us = now.saturating_duration_since(part.join_sent).as_micros() as u64;
             if ctx.recording {
                 record(&mut ctx.live.join, us);
-                if ctx.in_window(part.intended_start) {
+                if ctx.join_measured(part.intended_start) {
                     record(&mut ctx.window.join, us);
+                }
+                if ctx.in_window(part.intended_start) {
                     ctx.counters.joins_window += 1;
                 }
             }
@@ -1151,6 +1178,9 @@ mod tests {
         let k = (late - a).as_secs_f64() / iv.as_secs_f64();
         assert!((k - k.round()).abs() < 1e-6, "{k}");
         // Different participants get different phases.
-        assert_ne!(first_slot(start, iv, 1, start), first_slot(start, iv, 2, start));
+        assert_ne!(
+            first_slot(start, iv, 1, start),
+            first_slot(start, iv, 2, start)
+        );
     }
 }

@@ -64,7 +64,12 @@ pub enum AdminError {
 
 /// Runs one admin verb against the controller at `url` (e.g. `http://127.0.0.1:8080`) and
 /// returns what to print: a table for `list` and `shards`, pretty JSON otherwise.
-pub fn admin_command(url: &str, token: &str, verb: AdminVerb, timeout: Duration) -> Result<String, AdminError> {
+pub fn admin_command(
+    url: &str,
+    token: &str,
+    verb: AdminVerb,
+    timeout: Duration,
+) -> Result<String, AdminError> {
     let base = url.trim_end_matches('/');
     let meeting_path = |id: &str| -> Result<String, AdminError> {
         MeetingId::parse(id).map_err(|e| AdminError::InvalidId(e.to_string()))?;
@@ -88,7 +93,10 @@ pub fn admin_command(url: &str, token: &str, verb: AdminVerb, timeout: Duration)
     let result = match method {
         "GET" => agent.get(&target).header("Authorization", &auth).call(),
         "DELETE" => agent.delete(&target).header("Authorization", &auth).call(),
-        _ => agent.post(&target).header("Authorization", &auth).send_empty(),
+        _ => agent
+            .post(&target)
+            .header("Authorization", &auth)
+            .send_empty(),
     };
     let mut resp = result.map_err(|e| AdminError::Transport(e.to_string()))?;
     let status = resp.status().as_u16();
@@ -100,7 +108,10 @@ pub fn admin_command(url: &str, token: &str, verb: AdminVerb, timeout: Duration)
         .map_err(|e| AdminError::Transport(e.to_string()))?;
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
     if !(200..300).contains(&status) {
-        let code = body.get("error").and_then(Value::as_str).unwrap_or_default();
+        let code = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let message = body
             .get("message")
             .and_then(Value::as_str)
@@ -115,7 +126,8 @@ pub fn admin_command(url: &str, token: &str, verb: AdminVerb, timeout: Duration)
     match verb {
         AdminVerb::List => meetings_table(&body),
         AdminVerb::Shards => shards_table(&body),
-        _ => serde_json::to_string_pretty(&body).map_err(|e| AdminError::InvalidResponse(e.to_string())),
+        _ => serde_json::to_string_pretty(&body)
+            .map_err(|e| AdminError::InvalidResponse(e.to_string())),
     }
 }
 
@@ -142,7 +154,9 @@ impl AdminError {
             AdminError::InvalidId(_) => 64,
             AdminError::Transport(_) => 69,
             AdminError::Disabled | AdminError::Unauthorized => 77,
-            AdminError::MeetingNotFound | AdminError::Status { .. } | AdminError::InvalidResponse(_) => 1,
+            AdminError::MeetingNotFound
+            | AdminError::Status { .. }
+            | AdminError::InvalidResponse(_) => 1,
         }
     }
 }
@@ -230,7 +244,17 @@ fn meetings_table(body: &Value) -> Result<String, AdminError> {
             ]
         })
         .collect();
-    let mut out = table(&["MEETING", "SHARD", "PARTICIPANTS", "CONNECTED", "AGE", "IDLE"], &rows);
+    let mut out = table(
+        &[
+            "MEETING",
+            "SHARD",
+            "PARTICIPANTS",
+            "CONNECTED",
+            "AGE",
+            "IDLE",
+        ],
+        &rows,
+    );
     out.push_str(&format!("\n{} meeting(s)", list.len()));
     if let Some(missing) = body.get("missing_shards").and_then(Value::as_array) {
         if !missing.is_empty() {
@@ -280,8 +304,18 @@ fn shards_table(body: &Value) -> Result<String, AdminError> {
         .collect();
     let mut out = table(
         &[
-            "SHARD", "CPU", "UP", "MEETINGS", "CONNS", "PARTICIPANTS", "MAILBOX c/m/x", "P50_MS", "P99_MS",
-            "FORWARDED", "HANDOFFS", "CPU_S",
+            "SHARD",
+            "CPU",
+            "UP",
+            "MEETINGS",
+            "CONNS",
+            "PARTICIPANTS",
+            "MAILBOX c/m/x",
+            "P50_MS",
+            "P99_MS",
+            "FORWARDED",
+            "HANDOFFS",
+            "CPU_S",
         ],
         &rows,
     );
@@ -302,13 +336,20 @@ mod tests {
         let t = meetings_table(&body).unwrap();
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("MEETING"));
-        assert!(lines[1].contains("standup") && lines[1].contains("2m05s") && lines[1].contains("4s"));
+        assert!(
+            lines[1].contains("standup") && lines[1].contains("2m05s") && lines[1].contains("4s")
+        );
         assert!(lines[2].contains("1 meeting(s)") && lines[2].contains("shards not answering: 1"));
     }
 
     #[test]
     fn invalid_ids_are_refused_locally() {
-        let r = admin_command("http://127.0.0.1:1", "t", AdminVerb::Show { id: "a b".into() }, Duration::from_millis(10));
+        let r = admin_command(
+            "http://127.0.0.1:1",
+            "t",
+            AdminVerb::Show { id: "a b".into() },
+            Duration::from_millis(10),
+        );
         assert!(matches!(r, Err(AdminError::InvalidId(_))));
     }
 }

@@ -21,7 +21,10 @@ pub(crate) fn bearer(header: Option<&[u8]>) -> Option<&[u8]> {
 pub(crate) fn token_matches(presented: &[u8], expected: &str) -> bool {
     let a = Sha256::digest(presented);
     let b = Sha256::digest(expected.as_bytes());
-    let diff = a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     diff == 0 && !expected.is_empty()
 }
 
@@ -50,6 +53,9 @@ mod tests {
         assert!(!authorized(Some(b"Bearer s3cre"), "s3cret"));
         assert!(!authorized(Some(b"Bearer s3cretx"), "s3cret"));
         assert!(!authorized(None, "s3cret"));
-        assert!(!token_matches(b"", ""), "an empty configured token never matches");
+        assert!(
+            !token_matches(b"", ""),
+            "an empty configured token never matches"
+        );
     }
 }

@@ -158,7 +158,9 @@ impl FakeGc {
         }));
         let (listen_tx, listen_rx) = watch::channel(true);
         let (stop_tx, stop_rx) = oneshot::channel();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let st = Arc::clone(&state);
         let thread = std::thread::Builder::new()
             .name("fake-gc".into())
@@ -213,7 +215,11 @@ impl FakeGc {
 
     /// Requests received from index `from` on (for tailing).
     pub fn requests_since(&self, from: usize) -> Vec<Received> {
-        lock(&self.state).received.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+        lock(&self.state)
+            .received
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// Registration requests.
@@ -232,7 +238,12 @@ impl FakeGc {
     }
 
     fn filtered(&self, f: impl Fn(&Received) -> bool) -> Vec<Received> {
-        lock(&self.state).received.iter().filter(|r| f(r)).cloned().collect()
+        lock(&self.state)
+            .received
+            .iter()
+            .filter(|r| f(r))
+            .cloned()
+            .collect()
     }
 
     /// Controllers currently registered.
@@ -273,7 +284,10 @@ impl FakeGc {
     ) -> (u16, Value) {
         let body = json!({ "meeting_id": meeting_id, "media_handlers": media_handlers });
         post_json(
-            &format!("{}/internal/v1/meetings", mc_control_url.trim_end_matches('/')),
+            &format!(
+                "{}/internal/v1/meetings",
+                mc_control_url.trim_end_matches('/')
+            ),
             inbound_token,
             &body,
         )
@@ -295,7 +309,10 @@ pub fn post_json(url: &str, token: &str, body: &Value) -> (u16, Value) {
         Ok(mut r) => {
             let status = r.status().as_u16();
             let text = r.body_mut().read_to_string().unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
         }
         Err(e) => (0, json!({ "error": e.to_string() })),
     }
@@ -390,7 +407,10 @@ fn header(req: &Request<Incoming>, name: impl hyper::header::AsHeaderName) -> Op
         .map(str::to_owned)
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Refused> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Refused> {
     let at = Instant::now();
     let unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -411,7 +431,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     if let Fault::Slow(d) = fault {
         tokio::time::sleep(d).await;
@@ -438,10 +459,23 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     Ok(r)
 }
 
-fn decide(s: &mut State, method: &Method, path: &str, auth: Option<&str>, body: &Value) -> (StatusCode, Value) {
+fn decide(
+    s: &mut State,
+    method: &Method,
+    path: &str,
+    auth: Option<&str>,
+    body: &Value,
+) -> (StatusCode, Value) {
     match s.fault {
-        Fault::Status500 => return (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "injected" })),
-        Fault::Unauthorized401 => return (StatusCode::UNAUTHORIZED, json!({ "error": "injected" })),
+        Fault::Status500 => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": "injected" }),
+            )
+        }
+        Fault::Unauthorized401 => {
+            return (StatusCode::UNAUTHORIZED, json!({ "error": "injected" }))
+        }
         _ => {}
     }
     if let Some(token) = &s.cfg.token {
@@ -454,7 +488,10 @@ fn decide(s: &mut State, method: &Method, path: &str, auth: Option<&str>, body: 
     }
     if path == "/api/v1/controllers/register" {
         let Ok(reg) = serde_json::from_value::<RegisterRequest>(body.clone()) else {
-            return (StatusCode::BAD_REQUEST, json!({ "error": "bad register body" }));
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "bad register body" }),
+            );
         };
         if s.fault == Fault::AcceptFalse {
             return (
@@ -478,16 +515,25 @@ fn decide(s: &mut State, method: &Method, path: &str, auth: Option<&str>, body: 
         .and_then(|p| p.strip_suffix("/heartbeat"))
     {
         if serde_json::from_value::<Heartbeat>(body.clone()).is_err() {
-            return (StatusCode::BAD_REQUEST, json!({ "error": "bad heartbeat body" }));
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "bad heartbeat body" }),
+            );
         }
         if !s.known.contains(id) {
-            return (StatusCode::NOT_FOUND, json!({ "error": "unknown controller" }));
+            return (
+                StatusCode::NOT_FOUND,
+                json!({ "error": "unknown controller" }),
+            );
         }
         return (StatusCode::OK, json!({}));
     }
     if path.starts_with("/api/v1/meetings/") && path.ends_with("/ended") {
         if serde_json::from_value::<MeetingEndedNotice>(body.clone()).is_err() {
-            return (StatusCode::BAD_REQUEST, json!({ "error": "bad notification body" }));
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "bad notification body" }),
+            );
         }
         return (StatusCode::OK, json!({}));
     }

@@ -17,7 +17,9 @@ use crate::core::meeting::{MeetingDetail, MeetingSummary, ParticipantAdmin};
 use crate::core::protocol::{EndReason, MediaHandler, Role};
 use crate::core::router::Router;
 use crate::core::shard::{AssignOutcome, ShardEvent};
-use crate::runtime::link::{ControlMsg, RuntimeLink, ShardHandle, ShardReply, ShardRequest, ShardSnapshot};
+use crate::runtime::link::{
+    ControlMsg, RuntimeLink, ShardHandle, ShardReply, ShardRequest, ShardSnapshot,
+};
 
 /// Shape of the fake runtime.
 #[derive(Debug, Clone)]
@@ -181,7 +183,13 @@ fn summary(shard: u16, id: &str, m: &FakeMeeting, now: Instant) -> MeetingSummar
     }
 }
 
-fn end(shard: &FakeShard, st: &mut FakeState, id: &str, reason: EndReason, events: &Sender<(ShardId, ShardEvent)>) -> bool {
+fn end(
+    shard: &FakeShard,
+    st: &mut FakeState,
+    id: &str,
+    reason: EndReason,
+    events: &Sender<(ShardId, ShardEvent)>,
+) -> bool {
     if st.meetings.remove(id).is_none() {
         return false;
     }
@@ -195,7 +203,11 @@ fn end(shard: &FakeShard, st: &mut FakeState, id: &str, reason: EndReason, event
     true
 }
 
-fn answer(shard: &FakeShard, req: ShardRequest, events: &Sender<(ShardId, ShardEvent)>) -> ShardReply {
+fn answer(
+    shard: &FakeShard,
+    req: ShardRequest,
+    events: &Sender<(ShardId, ShardEvent)>,
+) -> ShardReply {
     let mut st = shard.state();
     st.log.push(request_name(&req));
     let now = Instant::now();
@@ -205,7 +217,8 @@ fn answer(shard: &FakeShard, req: ShardRequest, events: &Sender<(ShardId, ShardE
             s.shard = shard.id.0;
             s.meetings = st.meetings.len();
             s.participants = st.meetings.values().map(|m| m.participants).sum();
-            s.connections = st.loose_connections + st.meetings.values().map(|m| m.connections).sum::<usize>();
+            s.connections =
+                st.loose_connections + st.meetings.values().map(|m| m.connections).sum::<usize>();
             s.draining = st.draining;
             ShardReply::Snapshot(Box::new(s))
         }
@@ -243,26 +256,34 @@ fn answer(shard: &FakeShard, req: ShardRequest, events: &Sender<(ShardId, ShardE
                 .map(|(id, m)| summary(shard.id.0, id, m, now))
                 .collect(),
         ),
-        ShardRequest::ShowMeeting(id) => ShardReply::Meeting(st.meetings.get(id.as_str()).map(|m| {
-            Box::new(MeetingDetail {
-                summary: summary(shard.id.0, id.as_str(), m, now),
-                media_handlers: m.media_handlers.clone(),
-                participants: (0..m.participants)
-                    .map(|i| ParticipantAdmin {
-                        participant_id: format!("p{:x}-{i:x}", shard.id.0),
-                        user: format!("user-{i}"),
-                        display_name: format!("User {i}"),
-                        role: if i == 0 { Role::Host } else { Role::Participant },
-                        connected: i < m.connections,
-                        audio_muted: false,
-                        video_muted: false,
-                        joined_at_ms: 0,
-                        disconnected_for_ms: None,
-                    })
-                    .collect(),
-            })
-        })),
-        ShardRequest::EndMeeting(id, reason) => ShardReply::Ended(end(shard, &mut st, id.as_str(), reason, events)),
+        ShardRequest::ShowMeeting(id) => {
+            ShardReply::Meeting(st.meetings.get(id.as_str()).map(|m| {
+                Box::new(MeetingDetail {
+                    summary: summary(shard.id.0, id.as_str(), m, now),
+                    media_handlers: m.media_handlers.clone(),
+                    participants: (0..m.participants)
+                        .map(|i| ParticipantAdmin {
+                            participant_id: format!("p{:x}-{i:x}", shard.id.0),
+                            user: format!("user-{i}"),
+                            display_name: format!("User {i}"),
+                            role: if i == 0 {
+                                Role::Host
+                            } else {
+                                Role::Participant
+                            },
+                            connected: i < m.connections,
+                            audio_muted: false,
+                            video_muted: false,
+                            joined_at_ms: 0,
+                            disconnected_for_ms: None,
+                        })
+                        .collect(),
+                })
+            }))
+        }
+        ShardRequest::EndMeeting(id, reason) => {
+            ShardReply::Ended(end(shard, &mut st, id.as_str(), reason, events))
+        }
         ShardRequest::SetDraining(on) => {
             st.draining = on;
             ShardReply::Done

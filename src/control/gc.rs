@@ -275,7 +275,12 @@ pub fn traceparent(rng: &mut impl Rng) -> String {
 }
 
 /// Clamps an interval from the GC: absent or zero → `default`, otherwise into `[min, max]`.
-pub fn clamp_interval(ms: Option<u64>, default: Duration, min: Duration, max: Duration) -> Duration {
+pub fn clamp_interval(
+    ms: Option<u64>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Duration {
     match ms {
         None | Some(0) => default,
         Some(ms) => Duration::from_millis(ms).clamp(min, max.max(min)),
@@ -287,10 +292,17 @@ pub(crate) fn health(views: &[ShardView], draining: bool, stale_after: Duration)
     if draining {
         return Health::Draining;
     }
-    let alive = views.iter().filter(|v| v.answered_within(stale_after)).count();
+    let alive = views
+        .iter()
+        .filter(|v| v.answered_within(stale_after))
+        .count();
     if alive == 0 {
         Health::Unhealthy
-    } else if alive < views.len() || views.iter().any(|v| v.total_depth() > DEGRADED_MAILBOX_DEPTH) {
+    } else if alive < views.len()
+        || views
+            .iter()
+            .any(|v| v.total_depth() > DEGRADED_MAILBOX_DEPTH)
+    {
         Health::Degraded
     } else {
         Health::Healthy
@@ -328,7 +340,11 @@ pub(crate) fn heartbeat_body(
                 p99_processing_ms: v.worst_p99_ms(),
             })
             .collect(),
-        process: if kind == HeartbeatKind::Comprehensive { process } else { None },
+        process: if kind == HeartbeatKind::Comprehensive {
+            process
+        } else {
+            None
+        },
     }
 }
 
@@ -357,8 +373,16 @@ struct Notice {
 }
 
 enum Reg {
-    Unregistered { attempt: u32, due: Instant },
-    Registered { fast: Duration, comp: Duration, next_fast: Instant, next_comp: Instant },
+    Unregistered {
+        attempt: u32,
+        due: Instant,
+    },
+    Registered {
+        fast: Duration,
+        comp: Duration,
+        next_fast: Instant,
+        next_comp: Instant,
+    },
 }
 
 /// Raw result of one HTTP call.
@@ -479,14 +503,21 @@ impl GcWorker {
 
     fn unregister(&mut self, now: Instant) {
         self.shared.registered.store(false, Ordering::SeqCst);
-        self.reg = Reg::Unregistered { attempt: 0, due: now };
+        self.reg = Reg::Unregistered {
+            attempt: 0,
+            due: now,
+        };
     }
 
     fn next_due(&self) -> Option<Instant> {
         self.base_url.as_ref()?;
         let reg = match &self.reg {
             Reg::Unregistered { due, .. } => *due,
-            Reg::Registered { next_fast, next_comp, .. } => (*next_fast).min(*next_comp),
+            Reg::Registered {
+                next_fast,
+                next_comp,
+                ..
+            } => (*next_fast).min(*next_comp),
         };
         let notice = self.queue.iter().map(|n| n.due).min();
         Some(notice.map_or(reg, |n| n.min(reg)))
@@ -498,7 +529,9 @@ impl GcWorker {
             Reg::Registered { next_comp, .. } if next_comp <= now => {
                 self.heartbeat(HeartbeatKind::Comprehensive)
             }
-            Reg::Registered { next_fast, .. } if next_fast <= now => self.heartbeat(HeartbeatKind::Fast),
+            Reg::Registered { next_fast, .. } if next_fast <= now => {
+                self.heartbeat(HeartbeatKind::Fast)
+            }
             _ => {}
         }
         // One notification per turn so heartbeats keep their cadence behind a backlog.
@@ -572,7 +605,10 @@ impl GcWorker {
         let outcome = match reply.status {
             CallStatus::Success => match serde_json::from_str::<RegisterResponse>(&reply.body) {
                 Ok(r) if r.accepted => Ok(r),
-                Ok(r) => Err(("rejected", format!("GC did not accept the registration: {}", r.message))),
+                Ok(r) => Err((
+                    "rejected",
+                    format!("GC did not accept the registration: {}", r.message),
+                )),
                 Err(e) => Err(("error", format!("unreadable register answer: {e}"))),
             },
             s => Err((
@@ -615,7 +651,12 @@ impl GcWorker {
                 };
             }
             Err((status, why)) => {
-                let delay = backoff_delay(attempt, timing.backoff_base, timing.backoff_cap, &mut rand::thread_rng());
+                let delay = backoff_delay(
+                    attempt,
+                    timing.backoff_base,
+                    timing.backoff_cap,
+                    &mut rand::thread_rng(),
+                );
                 tracing::warn!(
                     attempt = attempt + 1,
                     retry_in_ms = delay.as_millis() as u64,
@@ -649,18 +690,33 @@ impl GcWorker {
         );
         let path = format!("/api/v1/controllers/{}/heartbeat", shared.cfg.mc_id);
         let (reply, took) = self.post(&path, &body);
-        shared.metrics.gc_heartbeat(kind.as_str(), reply.status.as_str(), took);
+        shared
+            .metrics
+            .gc_heartbeat(kind.as_str(), reply.status.as_str(), took);
         let now = Instant::now();
         match reply.status {
             CallStatus::Success => {}
             CallStatus::NotFound => {
-                tracing::warn!(kind = kind.as_str(), "GC does not know this controller; registering again");
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "GC does not know this controller; registering again"
+                );
                 self.unregister(now);
                 return;
             }
-            s => tracing::warn!(kind = kind.as_str(), status = s.as_str(), "GC heartbeat failed"),
+            s => tracing::warn!(
+                kind = kind.as_str(),
+                status = s.as_str(),
+                "GC heartbeat failed"
+            ),
         }
-        if let Reg::Registered { fast, comp, next_fast, next_comp } = &mut self.reg {
+        if let Reg::Registered {
+            fast,
+            comp,
+            next_fast,
+            next_comp,
+        } = &mut self.reg
+        {
             *next_fast = now + *fast;
             if kind == HeartbeatKind::Comprehensive {
                 *next_comp = now + *comp;
@@ -720,7 +776,10 @@ impl GcWorker {
         }
         let left = self.queue.len();
         if left > 0 {
-            tracing::warn!(left, "exiting with meeting-ended notifications not delivered");
+            tracing::warn!(
+                left,
+                "exiting with meeting-ended notifications not delivered"
+            );
         }
     }
 }
@@ -754,10 +813,18 @@ mod tests {
             }
         }
         assert!(backoff_delay(0, base, cap, &mut rng) <= base);
-        let late: Vec<_> = (0..500).map(|_| backoff_delay(10, base, cap, &mut rng)).collect();
+        let late: Vec<_> = (0..500)
+            .map(|_| backoff_delay(10, base, cap, &mut rng))
+            .collect();
         assert!(late.iter().all(|d| *d <= cap));
-        assert!(late.iter().any(|d| *d > Duration::from_secs(20)), "jitter spans up to the cap");
-        assert!(late.iter().any(|d| *d < Duration::from_secs(10)), "jitter is full, not equal");
+        assert!(
+            late.iter().any(|d| *d > Duration::from_secs(20)),
+            "jitter spans up to the cap"
+        );
+        assert!(
+            late.iter().any(|d| *d < Duration::from_secs(10)),
+            "jitter is full, not equal"
+        );
     }
 
     #[test]
@@ -774,7 +841,9 @@ mod tests {
             assert_eq!(parts[2].len(), 16);
             assert_eq!(parts[3], "01");
             for p in &parts[1..3] {
-                assert!(p.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+                assert!(p
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
                 assert!(p.bytes().any(|c| c != b'0'), "all-zero ids are invalid");
             }
         }
@@ -782,12 +851,19 @@ mod tests {
 
     #[test]
     fn intervals_are_clamped() {
-        let (d, min, max) = (Duration::from_secs(10), Duration::from_secs(1), Duration::from_secs(300));
+        let (d, min, max) = (
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        );
         assert_eq!(clamp_interval(None, d, min, max), d);
         assert_eq!(clamp_interval(Some(0), d, min, max), d);
         assert_eq!(clamp_interval(Some(5), d, min, max), min);
         assert_eq!(clamp_interval(Some(u64::MAX), d, min, max), max);
-        assert_eq!(clamp_interval(Some(15_000), d, min, max), Duration::from_secs(15));
+        assert_eq!(
+            clamp_interval(Some(15_000), d, min, max),
+            Duration::from_secs(15)
+        );
     }
 
     #[test]

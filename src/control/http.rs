@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -92,7 +94,10 @@ fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
 }
 
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Resp {
-    json_resp(status, &json!({ "error": code, "message": message.to_string() }))
+    json_resp(
+        status,
+        &json!({ "error": code, "message": message.to_string() }),
+    )
 }
 
 fn not_found() -> Resp {
@@ -100,16 +105,26 @@ fn not_found() -> Resp {
 }
 
 fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("use {allow}"));
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("use {allow}"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
 fn unauthorized(realm: &'static str) -> Resp {
-    let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token");
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token",
+    );
     r.headers_mut().insert(
         WWW_AUTHENTICATE,
-        HeaderValue::from_str(&format!("Bearer realm=\"{realm}\"")).unwrap_or(HeaderValue::from_static("Bearer")),
+        HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+            .unwrap_or(HeaderValue::from_static("Bearer")),
     );
     r
 }
@@ -123,7 +138,11 @@ fn shard_unavailable(shard: usize, e: LinkError) -> Resp {
 }
 
 fn internal() -> Resp {
-    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
 }
 
 fn authorization(req: &Request<Incoming>) -> Option<&[u8]> {
@@ -171,7 +190,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
 fn health(shared: &Shared) -> Resp {
     let stuck = shared.pool.stuck(shared.timing.health_stale_after);
     if stuck.is_empty() {
-        return json_resp(StatusCode::OK, &json!({ "status": "ok", "shards": shared.pool.len() }));
+        return json_resp(
+            StatusCode::OK,
+            &json!({ "status": "ok", "shards": shared.pool.len() }),
+        );
     }
     let names: Vec<String> = stuck
         .iter()
@@ -227,8 +249,10 @@ async fn metrics_page(shared: Arc<Shared>) -> Resp {
         return internal();
     };
     let mut r = Response::new(Full::new(Bytes::from(text)));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
     r
 }
 
@@ -253,7 +277,8 @@ struct HandlerBody {
 
 /// Validates an assignment body.
 fn parse_assignment(bytes: &[u8]) -> Result<(MeetingId, Vec<MediaHandler>), String> {
-    let body: AssignBody = serde_json::from_slice(bytes).map_err(|e| format!("invalid body: {e}"))?;
+    let body: AssignBody =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid body: {e}"))?;
     let id = MeetingId::parse(&body.meeting_id).map_err(|e| e.to_string())?;
     if body.media_handlers.len() > MAX_MEDIA_HANDLERS {
         return Err(format!("at most {MAX_MEDIA_HANDLERS} media_handlers"));
@@ -274,7 +299,10 @@ fn parse_assignment(bytes: &[u8]) -> Result<(MeetingId, Vec<MediaHandler>), Stri
         if handlers.iter().any(|x| x.id == h.id) {
             return Err(format!("media_handlers[{i}].id is a duplicate"));
         }
-        handlers.push(MediaHandler { id: h.id, url: h.url });
+        handlers.push(MediaHandler {
+            id: h.id,
+            url: h.url,
+        });
     }
     Ok((id, handlers))
 }
@@ -286,7 +314,10 @@ fn has_scheme_and_host(url: &str) -> bool {
     let mut chars = scheme.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        && rest.split(['/', '?', '#']).next().is_some_and(|host| !host.is_empty())
+        && rest
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|host| !host.is_empty())
 }
 
 /// The assignment decision.
@@ -306,13 +337,21 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
             "payload_too_large",
             format!("bodies are limited to {MAX_BODY} bytes"),
         )),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, "invalid_request", format!("cannot read body: {e}"))),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("cannot read body: {e}"),
+        )),
     }
 }
 
 async fn assign(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
     let Some(token) = shared.cfg.gc_inbound_token.clone() else {
-        return error(StatusCode::NOT_FOUND, "not_found", "GC assignments are disabled (no inbound token configured)");
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "GC assignments are disabled (no inbound token configured)",
+        );
     };
     if req.method() != Method::POST {
         return method_not_allowed("POST");
@@ -346,7 +385,10 @@ async fn assign(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 _ => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
             };
             tracing::info!(meeting = %meeting_id, reason, "assignment rejected");
-            json_resp(status, &json!({ "accepted": false, "rejection_reason": reason }))
+            json_resp(
+                status,
+                &json!({ "accepted": false, "rejection_reason": reason }),
+            )
         }
     }
 }
@@ -359,13 +401,20 @@ fn decide_assignment(shared: &Shared, id: MeetingId, handlers: Vec<MediaHandler>
     let idx = usize::from(shard.0);
     let t = &shared.timing;
     let views = shared.pool.refresh(t.snapshot_timeout);
-    if !views.get(idx).is_some_and(|v| v.answered_within(t.health_stale_after)) {
+    if !views
+        .get(idx)
+        .is_some_and(|v| v.answered_within(t.health_stale_after))
+    {
         return Decision::Unhealthy;
     }
     let draining = shared.draining.load(Ordering::SeqCst);
     let meetings: usize = views.iter().map(|v| v.snapshot.meetings).sum();
     if draining || meetings >= shared.cfg.max_meetings {
-        match shared.pool.request(idx, ShardRequest::ShowMeeting(id.clone()), t.request_timeout) {
+        match shared.pool.request(
+            idx,
+            ShardRequest::ShowMeeting(id.clone()),
+            t.request_timeout,
+        ) {
             Ok(ShardReply::Meeting(Some(_))) => {}
             Ok(ShardReply::Meeting(None)) if draining => return Decision::Draining,
             Ok(ShardReply::Meeting(None)) => return Decision::AtCapacity,
@@ -400,19 +449,31 @@ fn decide_assignment(shared: &Shared, id: MeetingId, handlers: Vec<MediaHandler>
 
 async fn admin(shared: Arc<Shared>, req: Request<Incoming>, path: &str) -> Resp {
     let Some(token) = shared.cfg.admin_token.clone() else {
-        return error(StatusCode::NOT_FOUND, "admin_disabled", "the admin API is disabled");
+        return error(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "the admin API is disabled",
+        );
     };
     if !auth::authorized(authorization(&req), &token) {
         return unauthorized("mc-admin");
     }
-    let segments: Vec<&str> = path.trim_start_matches("/admin").split('/').skip(1).collect();
+    let segments: Vec<&str> = path
+        .trim_start_matches("/admin")
+        .split('/')
+        .skip(1)
+        .collect();
     let method = req.method().clone();
     match (segments.as_slice(), method) {
         (["meetings"], Method::GET) => list_meetings(shared).await,
         (["meetings"], _) => method_not_allowed("GET"),
         (["meetings", id], m) if m == Method::GET || m == Method::DELETE => {
             let Ok(id) = MeetingId::parse(id) else {
-                return error(StatusCode::BAD_REQUEST, "invalid_request", "invalid meeting id");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "invalid meeting id",
+                );
             };
             if m == Method::GET {
                 show_meeting(shared, id).await
@@ -425,19 +486,21 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>, path: &str) -> Resp 
         (["shards"], _) => method_not_allowed("GET"),
         (["drain"], Method::POST) => {
             let s = Arc::clone(&shared);
-            if blocking(move || s.begin_drain(DrainSource::Admin)).await.is_none() {
-                return internal();
+            match blocking(move || s.begin_drain(DrainSource::Admin)).await {
+                Some(source) => json_resp(
+                    StatusCode::OK,
+                    &json!({ "draining": true, "source": source_name(source) }),
+                ),
+                None => internal(),
             }
-            let source = *shared.drain_state();
-            json_resp(
-                StatusCode::OK,
-                &json!({ "draining": true, "source": source_name(source) }),
-            )
         }
         (["undrain"], Method::POST) => {
             let s = Arc::clone(&shared);
             match blocking(move || s.end_drain()).await {
-                Some(Ok(changed)) => json_resp(StatusCode::OK, &json!({ "draining": false, "changed": changed })),
+                Some(Ok(changed)) => json_resp(
+                    StatusCode::OK,
+                    &json!({ "draining": false, "changed": changed }),
+                ),
                 Some(Err(_)) => error(
                     StatusCode::CONFLICT,
                     "signal_drain",
@@ -458,16 +521,20 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>, path: &str) -> Resp 
     }
 }
 
-fn source_name(s: Option<DrainSource>) -> Option<&'static str> {
-    s.map(|s| match s {
+fn source_name(s: DrainSource) -> &'static str {
+    match s {
         DrainSource::Admin => "admin",
         DrainSource::Signal => "signal",
-    })
+    }
 }
 
 async fn list_meetings(shared: Arc<Shared>) -> Resp {
     let s = Arc::clone(&shared);
-    let Some(replies) = blocking(move || s.pool.fan_out(&ShardRequest::ListMeetings, s.timing.request_timeout)).await
+    let Some(replies) = blocking(move || {
+        s.pool
+            .fan_out(&ShardRequest::ListMeetings, s.timing.request_timeout)
+    })
+    .await
     else {
         return internal();
     };
@@ -489,10 +556,18 @@ async fn list_meetings(shared: Arc<Shared>) -> Resp {
 async fn show_meeting(shared: Arc<Shared>, id: MeetingId) -> Resp {
     let idx = usize::from(shared.router.shard_for(&id).0);
     let s = Arc::clone(&shared);
-    let reply = blocking(move || s.pool.request(idx, ShardRequest::ShowMeeting(id), s.timing.request_timeout)).await;
+    let reply = blocking(move || {
+        s.pool
+            .request(idx, ShardRequest::ShowMeeting(id), s.timing.request_timeout)
+    })
+    .await;
     match reply {
         Some(Ok(ShardReply::Meeting(Some(m)))) => json_resp(StatusCode::OK, &m),
-        Some(Ok(ShardReply::Meeting(None))) => error(StatusCode::NOT_FOUND, "meeting_not_found", "no such meeting"),
+        Some(Ok(ShardReply::Meeting(None))) => error(
+            StatusCode::NOT_FOUND,
+            "meeting_not_found",
+            "no such meeting",
+        ),
         Some(Err(e)) => shard_unavailable(idx, e),
         _ => internal(),
     }
@@ -518,7 +593,11 @@ async fn end_meeting(shared: Arc<Shared>, id: MeetingId) -> Resp {
                 &json!({ "ended": true, "meeting_id": id, "shard": idx, "reason": EndReason::EndedByAdmin.as_str() }),
             )
         }
-        Some(Ok(ShardReply::Ended(false))) => error(StatusCode::NOT_FOUND, "meeting_not_found", "no such meeting"),
+        Some(Ok(ShardReply::Ended(false))) => error(
+            StatusCode::NOT_FOUND,
+            "meeting_not_found",
+            "no such meeting",
+        ),
         Some(Err(e)) => shard_unavailable(idx, e),
         _ => internal(),
     }
@@ -529,7 +608,11 @@ fn shard_json(v: &ShardView, stale_after: Duration) -> serde_json::Value {
     let mut depth = serde_json::Map::new();
     let mut processing = serde_json::Map::new();
     for (i, at) in ACTOR_TYPES.iter().enumerate() {
-        let d = if i == 0 { v.controller_depth() } else { s.mailbox_depth[i] };
+        let d = if i == 0 {
+            v.controller_depth()
+        } else {
+            s.mailbox_depth[i]
+        };
         depth.insert((*at).to_owned(), json!(d));
         let l = &s.processing[i];
         processing.insert(
@@ -600,7 +683,10 @@ mod tests {
         let many: Vec<String> = (0..=MAX_MEDIA_HANDLERS)
             .map(|i| format!(r#"{{"id":"h{i}","url":"quic://h{i}:1"}}"#))
             .collect();
-        let body = format!(r#"{{"meeting_id":"m","media_handlers":[{}]}}"#, many.join(","));
+        let body = format!(
+            r#"{{"meeting_id":"m","media_handlers":[{}]}}"#,
+            many.join(",")
+        );
         assert!(parse_assignment(body.as_bytes()).is_err());
     }
 }

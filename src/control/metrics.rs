@@ -37,17 +37,31 @@ const SEEDED_DROPS: [(&str, &str); 4] = [
 ];
 
 /// Buckets of `mc_gc_heartbeat_duration_seconds`.
-const GC_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const GC_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 
 /// Registration statuses (`mc_gc_registrations_total`).
-pub(crate) const REGISTRATION_STATUSES: [&str; 6] =
-    ["success", "rejected", "error", "timeout", "not_found", "unauthorized"];
+pub(crate) const REGISTRATION_STATUSES: [&str; 6] = [
+    "success",
+    "rejected",
+    "error",
+    "timeout",
+    "not_found",
+    "unauthorized",
+];
 /// Notification statuses (`mc_gc_meeting_ended_notifications_total`).
-pub(crate) const NOTIFICATION_STATUSES: [&str; 6] =
-    ["success", "error", "timeout", "not_found", "unauthorized", "dropped"];
+pub(crate) const NOTIFICATION_STATUSES: [&str; 6] = [
+    "success",
+    "error",
+    "timeout",
+    "not_found",
+    "unauthorized",
+    "dropped",
+];
 
 /// Every metric of the control thread.
 #[derive(Debug)]
@@ -74,14 +88,16 @@ impl Metrics {
     pub fn new(pool: Arc<ShardPool>, facts: Facts) -> Self {
         let mut registry = Registry::default();
         let heartbeats = Family::<Labels2, Counter>::default();
-        let heartbeat_duration = Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-            Histogram::new(GC_BUCKETS)
-        });
+        let heartbeat_duration =
+            Family::<Labels1, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(GC_BUCKETS)
+            });
         let registrations = Family::<Labels1, Counter>::default();
         let notifications = Family::<Labels1, Counter>::default();
         for kind in [HeartbeatKind::Fast, HeartbeatKind::Comprehensive] {
             for status in CallStatus::ALL {
-                let _ = heartbeats.get_or_create(&[("kind", kind.as_str()), ("status", status.as_str())]);
+                let _ = heartbeats
+                    .get_or_create(&[("kind", kind.as_str()), ("status", status.as_str())]);
             }
             let _ = heartbeat_duration.get_or_create(&[("kind", kind.as_str())]);
         }
@@ -122,24 +138,32 @@ impl Metrics {
     }
 
     pub fn gc_heartbeat(&self, kind: &'static str, status: &'static str, took: Duration) {
-        self.heartbeats.get_or_create(&[("kind", kind), ("status", status)]).inc();
+        self.heartbeats
+            .get_or_create(&[("kind", kind), ("status", status)])
+            .inc();
         self.heartbeat_duration
             .get_or_create(&[("kind", kind)])
             .observe(took.as_secs_f64());
     }
 
     pub fn gc_registration(&self, status: &'static str) {
-        self.registrations.get_or_create(&[("status", status)]).inc();
+        self.registrations
+            .get_or_create(&[("status", status)])
+            .inc();
     }
 
     pub fn gc_notification(&self, status: &'static str) {
-        self.notifications.get_or_create(&[("status", status)]).inc();
+        self.notifications
+            .get_or_create(&[("status", status)])
+            .inc();
     }
 
     /// The exposition text (call after refreshing the shard snapshots).
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
@@ -160,7 +184,11 @@ fn histogram_buckets(l: &LatencySnapshot) -> Vec<(f64, u64)> {
     let well_formed = l.buckets.len() >= LATENCY_BUCKETS.len();
     let mut prev = 0u64;
     for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-        let cum = if well_formed { l.buckets[i].max(prev).min(l.count) } else { 0 };
+        let cum = if well_formed {
+            l.buckets[i].max(prev).min(l.count)
+        } else {
+            0
+        };
         out.push((*bound, cum - prev));
         prev = cum;
     }
@@ -174,7 +202,8 @@ fn counter<'a>(
     help: &'static str,
     rows: &[(Vec<(&'static str, String)>, f64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, None, MetricType::Counter)?;
     for (labels, v) in rows {
         m.encode_family(labels)?
             .encode_counter::<NoLabelSet, f64, f64>(v, None)?;
@@ -188,7 +217,8 @@ fn gauge<'a>(
     help: &'static str,
     rows: &[(Vec<(&'static str, String)>, f64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
         if labels.is_empty() {
             m.encode_gauge(v)?;
@@ -199,19 +229,28 @@ fn gauge<'a>(
     Ok(())
 }
 
-fn per_shard(views: &[ShardView], f: impl Fn(&ShardView) -> f64) -> Vec<(Vec<(&'static str, String)>, f64)> {
+fn per_shard(
+    views: &[ShardView],
+    f: impl Fn(&ShardView) -> f64,
+) -> Vec<(Vec<(&'static str, String)>, f64)> {
     views
         .iter()
         .map(|v| (vec![("shard", v.shard.to_string())], f(v)))
         .collect()
 }
 
-fn per_actor(views: &[ShardView], f: impl Fn(&ShardView, usize) -> f64) -> Vec<(Vec<(&'static str, String)>, f64)> {
+fn per_actor(
+    views: &[ShardView],
+    f: impl Fn(&ShardView, usize) -> f64,
+) -> Vec<(Vec<(&'static str, String)>, f64)> {
     let mut rows = Vec::new();
     for v in views {
         for (i, at) in ACTOR_TYPES.iter().enumerate() {
             rows.push((
-                vec![("actor_type", (*at).to_owned()), ("shard", v.shard.to_string())],
+                vec![
+                    ("actor_type", (*at).to_owned()),
+                    ("shard", v.shard.to_string()),
+                ],
                 f(v, i),
             ));
         }
@@ -259,7 +298,7 @@ impl Collector for ShardCollector {
         {
             let mut m = e.encode_descriptor(
                 "mc_message_processing_duration_seconds",
-                "Time to process one message, per actor type",
+                "Time to process one message, per actor type.",
                 None,
                 MetricType::Histogram,
             )?;
@@ -300,7 +339,9 @@ impl Collector for ShardCollector {
             e,
             "mc_shard_up",
             "1 if the shard answered the control thread recently",
-            &per_shard(&views, |v| f64::from(u8::from(v.answered_within(self.facts.stale_after)))),
+            &per_shard(&views, |v| {
+                f64::from(u8::from(v.answered_within(self.facts.stale_after)))
+            }),
         )?;
 
         // Drops: the shard's own counts, plus control requests refused by a full control mailbox.
@@ -329,7 +370,12 @@ impl Collector for ShardCollector {
                 ));
             }
         }
-        counter(e, "mc_messages_dropped", "Messages dropped, by actor type and reason", &drops)?;
+        counter(
+            e,
+            "mc_messages_dropped",
+            "Messages dropped, by actor type and reason",
+            &drops,
+        )?;
 
         counter(
             e,
@@ -393,15 +439,24 @@ impl Collector for ShardCollector {
             e,
             "mc_draining",
             "1 while draining",
-            &scalar(f64::from(u8::from(self.facts.draining.load(Ordering::SeqCst)))),
+            &scalar(f64::from(u8::from(
+                self.facts.draining.load(Ordering::SeqCst),
+            ))),
         )?;
         gauge(
             e,
             "mc_gc_registered",
             "1 while registered with the GC (always 0 in standalone mode)",
-            &scalar(f64::from(u8::from(self.facts.registered.load(Ordering::SeqCst)))),
+            &scalar(f64::from(u8::from(
+                self.facts.registered.load(Ordering::SeqCst),
+            ))),
         )?;
-        gauge(e, "mc_shards", "Number of shards", &scalar(views.len() as f64))?;
+        gauge(
+            e,
+            "mc_shards",
+            "Number of shards",
+            &scalar(views.len() as f64),
+        )?;
         gauge(
             e,
             "mc_capacity_max_meetings",
@@ -437,7 +492,13 @@ mod tests {
         };
         l.buckets = vec![0; LATENCY_BUCKETS.len() + 1];
         for (i, b) in l.buckets.iter_mut().enumerate() {
-            *b = if i < 3 { 2 } else if i < LATENCY_BUCKETS.len() { 7 } else { 10 };
+            *b = if i < 3 {
+                2
+            } else if i < LATENCY_BUCKETS.len() {
+                7
+            } else {
+                10
+            };
         }
         let out = histogram_buckets(&l);
         assert_eq!(out.len(), LATENCY_BUCKETS.len() + 1);

@@ -247,8 +247,9 @@ impl Shared {
         self.cfg.gc_url.is_some()
     }
 
-    /// Starts (or escalates) a drain and tells every shard and the GC. Blocking.
-    pub fn begin_drain(&self, source: DrainSource) {
+    /// Starts (or escalates) a drain and tells every shard and the GC; returns the drain now in
+    /// force. Blocking.
+    pub fn begin_drain(&self, source: DrainSource) -> DrainSource {
         let mut state = self.drain_state();
         let next = match (*state, source) {
             (Some(DrainSource::Signal), _) => DrainSource::Signal,
@@ -261,6 +262,7 @@ impl Shared {
             let _ = self.gc_tx.send(GcCommand::DrainChanged);
         }
         self.set_shards_draining(true);
+        next
     }
 
     /// Ends an admin drain. Fails for a signal drain (the process is on its way out).
@@ -294,20 +296,33 @@ impl Shared {
         }
     }
 
-    /// Re-sends the drain order to shards whose snapshot disagrees (e.g. they were stuck).
+    /// Live shards whose last snapshot disagrees with the controller's drain state.
+    fn draining_mismatches(&self) -> Vec<usize> {
+        let want = self.draining.load(Ordering::SeqCst);
+        self.pool
+            .views()
+            .iter()
+            .filter(|v| {
+                v.seen
+                    && v.answered_within(self.timing.health_stale_after)
+                    && v.snapshot.draining != want
+            })
+            .map(|v| usize::from(v.shard))
+            .collect()
+    }
+
+    /// Re-sends the drain order to shards that disagree (e.g. they were stuck). Blocking.
     fn reconcile_draining(&self) {
         let Ok(state) = self.drain.try_lock() else {
             return; // a transition is in progress
         };
         let want = state.is_some();
-        for v in self.pool.views() {
-            if v.seen && v.answered_within(self.timing.health_stale_after) && v.snapshot.draining != want {
-                let _ = self.pool.request(
-                    usize::from(v.shard),
-                    ShardRequest::SetDraining(want),
-                    self.timing.request_timeout,
-                );
-            }
+        for i in self.draining_mismatches() {
+            let _ = self.pool.request(
+                i,
+                ShardRequest::SetDraining(want),
+                self.timing.request_timeout,
+            );
         }
     }
 }
@@ -326,7 +341,9 @@ pub(crate) fn control_url(cfg: &ControlConfig) -> String {
             IpAddr::V6(v6) => format!("[{v6}]"),
         },
         _ => match cfg.advertise_quic.rsplit_once(':') {
-            Some((host, p)) if !host.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => host.to_owned(),
+            Some((host, p)) if !host.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                host.to_owned()
+            }
             _ if !cfg.advertise_quic.is_empty() => cfg.advertise_quic.clone(),
             _ => "127.0.0.1".to_owned(),
         },
@@ -422,7 +439,11 @@ pub fn start(cfg: ControlConfig, link: RuntimeLink) -> io::Result<ControlHandle>
 }
 
 /// Starts the control thread on a new thread. The listener is bound before this returns.
-pub fn start_with(cfg: ControlConfig, link: RuntimeLink, opts: ControlOptions) -> io::Result<ControlHandle> {
+pub fn start_with(
+    cfg: ControlConfig,
+    link: RuntimeLink,
+    opts: ControlOptions,
+) -> io::Result<ControlHandle> {
     let listener = bind(cfg.control_listen)?;
     let addr = listener.local_addr()?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -450,7 +471,7 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 fn serve(
     listener: std::net::TcpListener,
-    cfg: ControlConfig,
+    mut cfg: ControlConfig,
     link: RuntimeLink,
     opts: ControlOptions,
     cmds: Option<mpsc::UnboundedReceiver<ControlCmd>>,
@@ -466,6 +487,10 @@ fn serve(
             return EXIT_STARTUP_FAILED;
         }
     };
+    // The real port (when configured with port 0) is what the GC must be told.
+    if let Ok(bound) = listener.local_addr() {
+        cfg.control_listen = bound;
+    }
     let (gc_tx, gc_rx) = crossbeam_channel::unbounded();
     let RuntimeLink { shards, events } = link;
     let shared = Arc::new(Shared::new(cfg, opts.timing, shards, gc_tx));
@@ -480,7 +505,12 @@ fn serve(
             return EXIT_STARTUP_FAILED;
         }
     };
-    let code = rt.block_on(control_main(Arc::clone(&shared), listener, cmds, opts.handle_signals));
+    let code = rt.block_on(control_main(
+        Arc::clone(&shared),
+        listener,
+        cmds,
+        opts.handle_signals,
+    ));
 
     // Let the GC client deliver the last meeting-ended notifications after a clean drain.
     let flush_until = (code == EXIT_DRAINED).then(|| Instant::now() + shared.timing.gc_flush);
@@ -509,7 +539,10 @@ impl Signals {
     fn new(enabled: bool) -> Self {
         use tokio::signal::unix::{signal, SignalKind};
         if !enabled {
-            return Self { term: None, int: None };
+            return Self {
+                term: None,
+                int: None,
+            };
         }
         let open = |k: SignalKind, name: &str| match signal(k) {
             Ok(s) => Some(s),
@@ -550,7 +583,9 @@ async fn next_cmd(cmds: &mut Option<mpsc::UnboundedReceiver<ControlCmd>>) -> Con
 }
 
 /// Runs `f` on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => Some(v),
         Err(e) => {
@@ -590,7 +625,11 @@ async fn control_main(
         s = signals.next() => s,
         _ = next_cmd(&mut cmds) => "terminate request",
     };
-    tracing::info!(cause, drain_timeout_ms = shared.cfg.drain_timeout.as_millis() as u64, "drain started");
+    tracing::info!(
+        cause,
+        drain_timeout_ms = shared.cfg.drain_timeout.as_millis() as u64,
+        "drain started"
+    );
     let code = {
         let drain = drain_to_exit(Arc::clone(&shared));
         tokio::pin!(drain);
@@ -613,15 +652,16 @@ async fn control_main(
     code
 }
 
-/// Liveness ping: a snapshot round every `health_poll`, then drain-order reconciliation.
+/// Liveness ping every `health_poll` (non-blocking), then drain-order reconciliation if a shard
+/// disagrees with the controller.
 async fn poll_shards(shared: Arc<Shared>) {
+    let mut outstanding = Vec::new();
     loop {
-        let s = Arc::clone(&shared);
-        blocking(move || {
-            s.pool.refresh(s.timing.snapshot_timeout);
-            s.reconcile_draining();
-        })
-        .await;
+        shared.pool.ping(&mut outstanding);
+        if !shared.draining_mismatches().is_empty() {
+            let s = Arc::clone(&shared);
+            blocking(move || s.reconcile_draining()).await;
+        }
         tokio::time::sleep(shared.timing.health_poll).await;
     }
 }
@@ -673,7 +713,10 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
             tracing::warn!(shard = i, error = %e, "shard did not take the end-all order");
         }
     }
-    tracing::info!(meetings = ended_total, "drain: meetings ended with controller_draining");
+    tracing::info!(
+        meetings = ended_total,
+        "drain: meetings ended with controller_draining"
+    );
 
     let close_deadline = Instant::now() + shared.timing.close_wait;
     loop {
@@ -687,16 +730,22 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
             break;
         }
         if now >= close_deadline {
-            tracing::warn!(connections, "drain: connections still open; shutting down anyway");
+            tracing::warn!(
+                connections,
+                "drain: connections still open; shutting down anyway"
+            );
             break;
         }
         tokio::time::sleep(shared.timing.drain_poll.min(close_deadline - now)).await;
     }
 
     let s = Arc::clone(&shared);
-    let stopped = blocking(move || s.pool.fan_out(&ShardRequest::Shutdown, s.timing.request_timeout))
-        .await
-        .unwrap_or_default();
+    let stopped = blocking(move || {
+        s.pool
+            .fan_out(&ShardRequest::Shutdown, s.timing.request_timeout)
+    })
+    .await
+    .unwrap_or_default();
     for (i, r) in stopped.iter().enumerate() {
         if let Err(e) = r {
             tracing::warn!(shard = i, error = %e, "shard did not confirm shutdown");
@@ -732,11 +781,23 @@ mod tests {
 
     #[test]
     fn control_url_derivation() {
-        assert_eq!(control_url(&cfg("10.0.0.5:8080", "x:1")), "http://10.0.0.5:8080");
-        assert_eq!(control_url(&cfg("0.0.0.0:8080", "mc1.example.net:4433")), "http://mc1.example.net:8080");
-        assert_eq!(control_url(&cfg("[::]:8080", "[2001:db8::1]:4433")), "http://[2001:db8::1]:8080");
+        assert_eq!(
+            control_url(&cfg("10.0.0.5:8080", "x:1")),
+            "http://10.0.0.5:8080"
+        );
+        assert_eq!(
+            control_url(&cfg("0.0.0.0:8080", "mc1.example.net:4433")),
+            "http://mc1.example.net:8080"
+        );
+        assert_eq!(
+            control_url(&cfg("[::]:8080", "[2001:db8::1]:4433")),
+            "http://[2001:db8::1]:8080"
+        );
         assert_eq!(control_url(&cfg("[::1]:9000", "x:1")), "http://[::1]:9000");
-        assert_eq!(control_url(&cfg("0.0.0.0:8080", "")), "http://127.0.0.1:8080");
+        assert_eq!(
+            control_url(&cfg("0.0.0.0:8080", "")),
+            "http://127.0.0.1:8080"
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TrySendError};
 
-use crate::runtime::link::{ControlMsg, LinkError, ShardHandle, ShardReply, ShardRequest, ShardSnapshot};
+use crate::runtime::link::{
+    ControlMsg, LinkError, ShardHandle, ShardReply, ShardRequest, ShardSnapshot,
+};
 
 /// What the control thread remembers about one shard.
 #[derive(Debug, Clone, Default)]
@@ -42,14 +44,16 @@ pub(crate) struct ShardView {
 }
 
 impl ShardView {
-    /// `controller` mailbox depth: the runtime's own value plus what waits in the channel.
+    /// `controller` mailbox depth. The runtime reports its control-mailbox length as seen when
+    /// it answered; the control side sees the same channel at sample time. Both measure one
+    /// queue, so the larger is taken rather than the sum.
     pub fn controller_depth(&self) -> usize {
-        self.snapshot.mailbox_depth[0] + self.pending
+        self.snapshot.mailbox_depth[0].max(self.pending)
     }
 
     /// Mailbox depth summed over actor types.
     pub fn total_depth(&self) -> usize {
-        self.pending + self.snapshot.mailbox_depth.iter().sum::<usize>()
+        self.controller_depth() + self.snapshot.mailbox_depth[1] + self.snapshot.mailbox_depth[2]
     }
 
     /// Worst p99 processing latency over actor types (ms).
@@ -122,7 +126,12 @@ impl ShardPool {
     }
 
     /// Sends `req` to one shard and waits up to `timeout`.
-    pub fn request(&self, idx: usize, req: ShardRequest, timeout: Duration) -> Result<ShardReply, LinkError> {
+    pub fn request(
+        &self,
+        idx: usize,
+        req: ShardRequest,
+        timeout: Duration,
+    ) -> Result<ShardReply, LinkError> {
         let rx = self.send(idx, req)?;
         let reply = rx.recv_timeout(timeout).map_err(|e| match e {
             crossbeam_channel::RecvTimeoutError::Timeout => LinkError::Timeout,
@@ -133,7 +142,11 @@ impl ShardPool {
     }
 
     /// Sends `req` to every shard at once and collects the answers until one shared deadline.
-    pub fn fan_out(&self, req: &ShardRequest, timeout: Duration) -> Vec<Result<ShardReply, LinkError>> {
+    pub fn fan_out(
+        &self,
+        req: &ShardRequest,
+        timeout: Duration,
+    ) -> Vec<Result<ShardReply, LinkError>> {
         let deadline = Instant::now() + timeout;
         let pending: Vec<_> = (0..self.handles.len())
             .map(|i| self.send(i, req.clone()))
@@ -151,6 +164,25 @@ impl ShardPool {
                 Ok(reply)
             })
             .collect()
+    }
+
+    /// One non-blocking liveness round: collects answers to earlier pings, and pings every shard
+    /// that has none outstanding. A stuck shard therefore never delays the others' liveness.
+    pub fn ping(&self, outstanding: &mut Vec<Option<Receiver<ShardReply>>>) {
+        outstanding.resize_with(self.handles.len(), || None);
+        for (i, slot) in outstanding.iter_mut().enumerate() {
+            if let Some(rx) = slot {
+                match rx.try_recv() {
+                    Ok(reply) => {
+                        self.record(i, &reply, Instant::now());
+                        *slot = None;
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => continue,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => *slot = None,
+                }
+            }
+            *slot = self.send(i, ShardRequest::Snapshot).ok();
+        }
     }
 
     /// Sends `req` to every shard without waiting for answers (last-resort shutdown).

@@ -198,6 +198,53 @@ pub struct CoreStats {
     pub slow_consumers: u64,
 }
 
+/// Join results, pre-created so every series exists from the start.
+pub const JOIN_RESULTS: &[&str] = &[
+    "ok",
+    "resumed",
+    "handoff",
+    "unauthorized",
+    "invalid_request",
+    "not_found",
+    "capacity_exceeded",
+    "timeout",
+];
+
+/// Token failure reasons counted even before they first happen.
+pub const TOKEN_FAILURE_REASONS: &[&str] = &[
+    "malformed",
+    "bad_alg",
+    "unknown_kid",
+    "bad_signature",
+    "expired",
+    "issued_in_future",
+    "wrong_meeting",
+    "wrong_type",
+    "bad_binding",
+];
+
+impl CoreStats {
+    /// Counters with every well-known label pre-created at zero.
+    pub fn zeroed() -> Self {
+        let mut s = Self::default();
+        for r in JOIN_RESULTS {
+            s.joins.insert(r, 0);
+        }
+        for r in TOKEN_FAILURE_REASONS {
+            s.token_failures.insert(r, 0);
+        }
+        s.panics.insert("meeting", 0);
+        for (a, r) in [
+            ("meeting", "mailbox_full"),
+            ("connection", "slow_consumer"),
+            ("connection", "rate_limited"),
+        ] {
+            s.dropped.insert((a, r), 0);
+        }
+        s
+    }
+}
+
 enum ConnState {
     AwaitingJoin,
     Joined {
@@ -282,7 +329,7 @@ impl Shard {
             participant_seq: 0,
             nonce_seq: 0,
             draining: false,
-            stats: CoreStats::default(),
+            stats: CoreStats::zeroed(),
         }
     }
 

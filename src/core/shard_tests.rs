@@ -143,18 +143,34 @@ fn join_roster_and_join_order() {
     let (b, b_id) = h.joined("m", Role::Participant);
     let c = h.open();
     let msgs = h.join(c, "m", Role::Participant);
-    let ServerMessage::JoinResponse { participants, role, resume_window_ms, binding_token, .. } = &msgs[0] else {
+    let ServerMessage::JoinResponse {
+        participants,
+        role,
+        resume_window_ms,
+        binding_token,
+        ..
+    } = &msgs[0]
+    else {
         panic!("{msgs:?}")
     };
     assert_eq!(*role, Role::Participant);
     assert_eq!(*resume_window_ms, 30_000);
     assert!(!binding_token.is_empty());
-    let roster: Vec<&str> = participants.iter().map(|p| p.participant_id.as_str()).collect();
-    assert_eq!(roster, vec![a_id.as_str(), b_id.as_str()], "roster in join order, joiner excluded");
+    let roster: Vec<&str> = participants
+        .iter()
+        .map(|p| p.participant_id.as_str())
+        .collect();
+    assert_eq!(
+        roster,
+        vec![a_id.as_str(), b_id.as_str()],
+        "roster in join order, joiner excluded"
+    );
     assert_eq!(participants[0].joined_at_ms, START_UNIX_MS);
     let a_msgs = h.recv(a);
     assert_eq!(a_msgs.len(), 2, "a saw b and c join: {a_msgs:?}");
-    assert!(matches!(&a_msgs[0], ServerMessage::ParticipantJoined { participant } if participant.participant_id == b_id));
+    assert!(
+        matches!(&a_msgs[0], ServerMessage::ParticipantJoined { participant } if participant.participant_id == b_id)
+    );
     assert_eq!(h.recv(b).len(), 1);
     assert_eq!(h.shard.participant_count(), 3);
     assert_eq!(h.shard.stats().joins.get("ok"), Some(&3));
@@ -172,9 +188,15 @@ fn everyone_sees_the_same_event_order() {
     for round in 0..4 {
         for (i, (c, _)) in conns.iter().enumerate() {
             let msg = if (i + round) % 2 == 0 {
-                ClientMessage::Message { payload: serde_json::json!([round, i]), to: None }
+                ClientMessage::Message {
+                    payload: serde_json::json!([round, i]),
+                    to: None,
+                }
             } else {
-                ClientMessage::Mute { audio: round % 2 == 0, video: true }
+                ClientMessage::Mute {
+                    audio: round % 2 == 0,
+                    video: true,
+                }
             };
             h.shard.handle_stream_data(*c, &encode(&msg), now);
         }
@@ -182,7 +204,12 @@ fn everyone_sees_the_same_event_order() {
     h.shard.process_all(now);
     let logs: Vec<Vec<String>> = conns
         .iter()
-        .map(|(c, _)| h.recv(*c).iter().map(|m| serde_json::to_string(m).unwrap()).collect())
+        .map(|(c, _)| {
+            h.recv(*c)
+                .iter()
+                .map(|m| serde_json::to_string(m).unwrap())
+                .collect()
+        })
         .collect();
     // Mute updates go to everyone (sender included) and messages to everyone else, so after
     // removing each participant's own messages from the reference every log is identical.
@@ -235,7 +262,11 @@ fn join_for_a_meeting_on_another_shard_is_handed_off_with_what_followed() {
     let mut rest = encode(&ClientMessage::Ping { id: 7 }).to_vec();
     rest.extend_from_slice(&[0, 0, 0, 20, b'{']);
     assert_eq!(join.leftover, rest);
-    assert_eq!(h.shard.connection_count(), 0, "the connection left this shard");
+    assert_eq!(
+        h.shard.connection_count(),
+        0,
+        "the connection left this shard"
+    );
     assert!(h.recv(c).is_empty());
 
     // The owning shard adopts it: join_response, then the pong, in that order.
@@ -246,7 +277,9 @@ fn join_for_a_meeting_on_another_shard_is_handed_off_with_what_followed() {
     h2.shard.handle_adopted(c, *join, now);
     h2.shard.process_all(now);
     let got = h2.recv(c);
-    assert!(matches!(got[0], ServerMessage::JoinResponse { ref request_id, .. } if request_id.as_deref() == Some("r")));
+    assert!(
+        matches!(got[0], ServerMessage::JoinResponse { ref request_id, .. } if request_id.as_deref() == Some("r"))
+    );
     assert_eq!(got[1], ServerMessage::Pong { id: 7 });
     assert_eq!(h2.shard.meeting_count(), 1);
 }
@@ -257,21 +290,52 @@ fn bad_tokens_are_rejected_before_handoff() {
     let c = h.open();
     let other = TokenSigner::from_seed(&[1u8; 32], "k1");
     let now = h.now().unix_ms / 1000;
-    let forged = other.mint(&MintClaims { sub: "u".into(), meeting_id: "zz".into(), role: Role::Host, iat: now, exp: now + 60, jti: None });
-    h.send(c, &ClientMessage::Join { meeting_id: "zz".into(), token: forged, display_name: "x".into(), request_id: None, resume: None });
+    let forged = other.mint(&MintClaims {
+        sub: "u".into(),
+        meeting_id: "zz".into(),
+        role: Role::Host,
+        iat: now,
+        exp: now + 60,
+        jti: None,
+    });
+    h.send(
+        c,
+        &ClientMessage::Join {
+            meeting_id: "zz".into(),
+            token: forged,
+            display_name: "x".into(),
+            request_id: None,
+            resume: None,
+        },
+    );
     let msgs = h.recv(c);
     assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
     let actions = h.actions();
     assert!(actions.iter().all(|a| !matches!(a, Action::Handoff { .. })));
-    assert!(actions.iter().any(|a| matches!(a, Action::Close { code: close_code::UNAUTHORIZED, .. })));
-    assert_eq!(h.shard.stats().token_failures.get("bad_signature"), Some(&1));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Close {
+            code: close_code::UNAUTHORIZED,
+            ..
+        }
+    )));
+    assert_eq!(
+        h.shard.stats().token_failures.get("bad_signature"),
+        Some(&1)
+    );
 }
 
 #[test]
 fn first_message_must_be_join() {
     let mut h = Harness::single();
     let c = h.open();
-    h.send(c, &ClientMessage::Mute { audio: true, video: true });
+    h.send(
+        c,
+        &ClientMessage::Mute {
+            audio: true,
+            video: true,
+        },
+    );
     assert_eq!(error_code(&h.recv(c)[0]), Some(ErrorCode::InvalidRequest));
     assert_eq!(h.closes(), vec![(c, close_code::PROTOCOL)]);
 }
@@ -296,41 +360,115 @@ fn host_only_actions() {
         h.recv(c);
     }
     for msg in [
-        ClientMessage::Kick { participant_id: q_id.clone() },
-        ClientMessage::HostMute { participant_id: q_id.clone(), audio: true, video: true },
+        ClientMessage::Kick {
+            participant_id: q_id.clone(),
+        },
+        ClientMessage::HostMute {
+            participant_id: q_id.clone(),
+            audio: true,
+            video: true,
+        },
         ClientMessage::EndMeeting {},
     ] {
         h.send(p, &msg);
-        assert_eq!(error_code(&h.recv(p)[0]), Some(ErrorCode::Forbidden), "{msg:?}");
+        assert_eq!(
+            error_code(&h.recv(p)[0]),
+            Some(ErrorCode::Forbidden),
+            "{msg:?}"
+        );
     }
     assert!(h.recv(q).is_empty(), "nothing happened to q");
-    h.send(host, &ClientMessage::Kick { participant_id: "p0-999".into() });
+    h.send(
+        host,
+        &ClientMessage::Kick {
+            participant_id: "p0-999".into(),
+        },
+    );
     assert_eq!(error_code(&h.recv(host)[0]), Some(ErrorCode::NotFound));
-    h.send(host, &ClientMessage::HostMute { participant_id: p_id.clone(), audio: true, video: false });
+    h.send(
+        host,
+        &ClientMessage::HostMute {
+            participant_id: p_id.clone(),
+            audio: true,
+            video: false,
+        },
+    );
     for c in [host, p, q] {
         let m = h.recv(c);
         assert_eq!(
             m,
-            vec![ServerMessage::MuteUpdate { participant_id: p_id.clone(), audio_muted: true, video_muted: false, audio_host_muted: true, video_host_muted: false }]
+            vec![ServerMessage::MuteUpdate {
+                participant_id: p_id.clone(),
+                audio_muted: true,
+                video_muted: false,
+                audio_host_muted: true,
+                video_host_muted: false
+            }]
         );
     }
     // Self unmute cannot lift a host mute.
-    h.send(p, &ClientMessage::Mute { audio: false, video: false });
-    assert!(matches!(h.recv(q)[0], ServerMessage::MuteUpdate { audio_muted: true, audio_host_muted: true, .. }));
+    h.send(
+        p,
+        &ClientMessage::Mute {
+            audio: false,
+            video: false,
+        },
+    );
+    assert!(matches!(
+        h.recv(q)[0],
+        ServerMessage::MuteUpdate {
+            audio_muted: true,
+            audio_host_muted: true,
+            ..
+        }
+    ));
     h.recv(p);
     h.recv(host);
-    h.send(host, &ClientMessage::Kick { participant_id: q_id.clone() });
-    assert_eq!(h.recv(q), vec![ServerMessage::MeetingEnded { reason: EndReason::Kicked }]);
-    assert_eq!(h.recv(p), vec![ServerMessage::ParticipantLeft { participant_id: q_id, reason: LeaveReason::Kicked }]);
+    h.send(
+        host,
+        &ClientMessage::Kick {
+            participant_id: q_id.clone(),
+        },
+    );
+    assert_eq!(
+        h.recv(q),
+        vec![ServerMessage::MeetingEnded {
+            reason: EndReason::Kicked
+        }]
+    );
+    assert_eq!(
+        h.recv(p),
+        vec![ServerMessage::ParticipantLeft {
+            participant_id: q_id,
+            reason: LeaveReason::Kicked
+        }]
+    );
     assert!(h.closes().contains(&(q, close_code::NORMAL)));
     h.recv(host);
     h.send(host, &ClientMessage::EndMeeting {});
     for c in [host, p] {
-        assert_eq!(h.recv(c), vec![ServerMessage::MeetingEnded { reason: EndReason::EndedByHost }]);
+        assert_eq!(
+            h.recv(c),
+            vec![ServerMessage::MeetingEnded {
+                reason: EndReason::EndedByHost
+            }]
+        );
     }
     let actions = h.actions();
-    assert_eq!(actions.iter().filter(|a| matches!(a, Action::Close { code: 0, .. })).count(), 2);
-    assert!(actions.iter().any(|a| matches!(a, Action::Notify(ShardEvent::MeetingEnded { reason: "ended_by_host", .. }))));
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Close { code: 0, .. }))
+            .count(),
+        2
+    );
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Notify(ShardEvent::MeetingEnded {
+            reason: "ended_by_host",
+            ..
+        })
+    )));
     assert_eq!(h.shard.meeting_count(), 0);
 }
 
@@ -346,7 +484,13 @@ fn grace_window_then_timeout_and_empty_meeting_removal() {
     assert!(h.recv(a).is_empty(), "no churn within the resume window");
     assert_eq!(h.shard.participant_count(), 2);
     h.advance(Duration::from_secs(2));
-    assert_eq!(h.recv(a), vec![ServerMessage::ParticipantLeft { participant_id: b_id, reason: LeaveReason::Timeout }]);
+    assert_eq!(
+        h.recv(a),
+        vec![ServerMessage::ParticipantLeft {
+            participant_id: b_id,
+            reason: LeaveReason::Timeout
+        }]
+    );
     // a leaves: the meeting is empty and removed after the empty-meeting timeout.
     h.send(a, &ClientMessage::Leave {});
     assert_eq!(h.shard.meeting_count(), 1);
@@ -355,7 +499,13 @@ fn grace_window_then_timeout_and_empty_meeting_removal() {
     assert_eq!(h.shard.meeting_count(), 1);
     h.advance(Duration::from_secs(2));
     assert_eq!(h.shard.meeting_count(), 0);
-    assert!(h.actions().iter().any(|a| matches!(a, Action::Notify(ShardEvent::MeetingEnded { reason: "empty_timeout", .. }))));
+    assert!(h.actions().iter().any(|a| matches!(
+        a,
+        Action::Notify(ShardEvent::MeetingEnded {
+            reason: "empty_timeout",
+            ..
+        })
+    )));
 }
 
 #[test]
@@ -380,16 +530,37 @@ fn slow_consumer_is_cut_off_without_hurting_the_others() {
     let (slow, slow_id) = h.joined("s", Role::Participant);
     h.recv(sender);
     for i in 0..20 {
-        h.send(sender, &ClientMessage::Message { payload: serde_json::json!(i), to: None });
+        h.send(
+            sender,
+            &ClientMessage::Message {
+                payload: serde_json::json!(i),
+                to: None,
+            },
+        );
         // `good` drains its queue as a fast reader would; `slow` never does.
         let got = h.recv(good);
-        assert!(got.iter().any(|m| matches!(m, ServerMessage::Message { .. })), "message {i} reached the good reader");
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, ServerMessage::Message { .. })),
+            "message {i} reached the good reader"
+        );
     }
-    assert!(h.shard.stats().dropped.get(&("connection", "slow_consumer")).copied().unwrap_or(0) >= 4);
+    assert!(
+        h.shard
+            .stats()
+            .dropped
+            .get(&("connection", "slow_consumer"))
+            .copied()
+            .unwrap_or(0)
+            >= 4
+    );
     assert_eq!(h.shard.stats().slow_consumers, 1);
     assert!(h.closes().contains(&(slow, close_code::SLOW_OR_FLOOD)));
     let seen_left = h.recv(sender);
-    assert!(seen_left.contains(&ServerMessage::ParticipantLeft { participant_id: slow_id, reason: LeaveReason::ConnectionLost }));
+    assert!(seen_left.contains(&ServerMessage::ParticipantLeft {
+        participant_id: slow_id,
+        reason: LeaveReason::ConnectionLost
+    }));
 }
 
 #[test]
@@ -423,21 +594,51 @@ fn gc_mode_assignment() {
     cfg.max_meetings = 2;
     let mut h = Harness::new(cfg);
     let c = h.open();
-    assert_eq!(error_code(&h.join(c, "unassigned", Role::Host)[0]), Some(ErrorCode::NotFound));
-    let mh = vec![MediaHandler { id: "mh-1".into(), url: "https://mh-1".into() }];
+    assert_eq!(
+        error_code(&h.join(c, "unassigned", Role::Host)[0]),
+        Some(ErrorCode::NotFound)
+    );
+    let mh = vec![MediaHandler {
+        id: "mh-1".into(),
+        url: "https://mh-1".into(),
+    }];
     let now = h.now();
     let mid = MeetingId::parse("a1").unwrap();
-    assert_eq!(h.shard.assign_meeting(mid.clone(), mh.clone(), now), AssignOutcome::Accepted);
-    assert_eq!(h.shard.assign_meeting(mid, mh.clone(), now), AssignOutcome::Accepted, "idempotent");
-    assert_eq!(h.shard.assign_meeting(MeetingId::parse("a2").unwrap(), vec![], now), AssignOutcome::Accepted);
-    assert_eq!(h.shard.assign_meeting(MeetingId::parse("a3").unwrap(), vec![], now), AssignOutcome::AtCapacity);
+    assert_eq!(
+        h.shard.assign_meeting(mid.clone(), mh.clone(), now),
+        AssignOutcome::Accepted
+    );
+    assert_eq!(
+        h.shard.assign_meeting(mid, mh.clone(), now),
+        AssignOutcome::Accepted,
+        "idempotent"
+    );
+    assert_eq!(
+        h.shard
+            .assign_meeting(MeetingId::parse("a2").unwrap(), vec![], now),
+        AssignOutcome::Accepted
+    );
+    assert_eq!(
+        h.shard
+            .assign_meeting(MeetingId::parse("a3").unwrap(), vec![], now),
+        AssignOutcome::AtCapacity
+    );
     let c = h.open();
     let msgs = h.join(c, "a1", Role::Host);
-    assert!(matches!(&msgs[0], ServerMessage::JoinResponse { media_handlers, .. } if *media_handlers == mh));
+    assert!(
+        matches!(&msgs[0], ServerMessage::JoinResponse { media_handlers, .. } if *media_handlers == mh)
+    );
     h.shard.set_draining(true);
-    assert_eq!(h.shard.assign_meeting(MeetingId::parse("a4").unwrap(), vec![], now), AssignOutcome::Draining);
+    assert_eq!(
+        h.shard
+            .assign_meeting(MeetingId::parse("a4").unwrap(), vec![], now),
+        AssignOutcome::Draining
+    );
     let c = h.open();
-    assert_eq!(error_code(&h.join(c, "a2", Role::Host)[0]), Some(ErrorCode::CapacityExceeded));
+    assert_eq!(
+        error_code(&h.join(c, "a2", Role::Host)[0]),
+        Some(ErrorCode::CapacityExceeded)
+    );
 }
 
 #[test]
@@ -448,7 +649,10 @@ fn meeting_capacity() {
     h.joined("cap", Role::Participant);
     h.joined("cap", Role::Participant);
     let c = h.open();
-    assert_eq!(error_code(&h.join(c, "cap", Role::Participant)[0]), Some(ErrorCode::CapacityExceeded));
+    assert_eq!(
+        error_code(&h.join(c, "cap", Role::Participant)[0]),
+        Some(ErrorCode::CapacityExceeded)
+    );
     assert!(h.closes().contains(&(c, close_code::CAPACITY)));
 }
 
@@ -466,14 +670,26 @@ fn panic_in_one_meeting_is_contained() {
     }
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    h.send(a, &ClientMessage::Message { payload: serde_json::json!(TEST_PANIC_PAYLOAD), to: None });
+    h.send(
+        a,
+        &ClientMessage::Message {
+            payload: serde_json::json!(TEST_PANIC_PAYLOAD),
+            to: None,
+        },
+    );
     std::panic::set_hook(prev);
     for c in [a, b] {
         assert_eq!(error_code(&h.recv(c)[0]), Some(ErrorCode::Internal));
     }
     assert_eq!(h.shard.stats().panics.get("meeting"), Some(&1));
     assert_eq!(h.shard.meeting_count(), 1);
-    h.send(x, &ClientMessage::Message { payload: serde_json::json!("hi"), to: None });
+    h.send(
+        x,
+        &ClientMessage::Message {
+            payload: serde_json::json!("hi"),
+            to: None,
+        },
+    );
     assert!(matches!(h.recv(y)[0], ServerMessage::Message { .. }));
 }
 
@@ -483,7 +699,14 @@ fn resume_takes_over_without_churn_and_is_single_use() {
     let (a, _) = h.joined("res", Role::Participant);
     let b = h.open();
     let first = h.join(b, "res", Role::Participant);
-    let ServerMessage::JoinResponse { participant_id, binding_token, .. } = first[0].clone() else { panic!() };
+    let ServerMessage::JoinResponse {
+        participant_id,
+        binding_token,
+        ..
+    } = first[0].clone()
+    else {
+        panic!()
+    };
     h.recv(a);
     let now = h.now();
     h.shard.handle_connection_closed(b, now);
@@ -498,19 +721,30 @@ fn resume_takes_over_without_churn_and_is_single_use() {
                 token: t,
                 display_name: "again".into(),
                 request_id: None,
-                resume: Some(ResumeRequest { participant_id: pid.into(), binding_token: token.into() }),
+                resume: Some(ResumeRequest {
+                    participant_id: pid.into(),
+                    binding_token: token.into(),
+                }),
             },
         );
         (c, h.recv(c))
     };
     let (c2, msgs) = resume(&mut h, &binding_token, &participant_id);
-    assert!(matches!(&msgs[0], ServerMessage::JoinResponse { participant_id: p, .. } if *p == participant_id));
+    assert!(
+        matches!(&msgs[0], ServerMessage::JoinResponse { participant_id: p, .. } if *p == participant_id)
+    );
     assert!(h.recv(a).is_empty(), "no left/joined churn for the others");
     // Reuse of the same binding token fails.
     let (_, msgs) = resume(&mut h, &binding_token, &participant_id);
     assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
     // And the resumed participant is live: messages reach it.
-    h.send(a, &ClientMessage::Message { payload: serde_json::json!(1), to: None });
+    h.send(
+        a,
+        &ClientMessage::Message {
+            payload: serde_json::json!(1),
+            to: None,
+        },
+    );
     assert!(matches!(h.recv(c2)[0], ServerMessage::Message { .. }));
     // After the window passes without a connection, timeout still applies.
     h.advance(Duration::from_secs(40));
@@ -525,12 +759,16 @@ fn inbox_overflow_is_dropped_and_counted() {
     let (c, _) = h.joined("i", Role::Participant);
     let now = h.now();
     for id in 0..10 {
-        h.shard.handle_stream_data(c, &encode(&ClientMessage::Ping { id }), now);
+        h.shard
+            .handle_stream_data(c, &encode(&ClientMessage::Ping { id }), now);
     }
     assert_eq!(h.shard.inbox_depth(), 4);
     h.shard.process_all(now);
     assert_eq!(h.recv(c).len(), 4);
-    assert_eq!(h.shard.stats().dropped.get(&("meeting", "mailbox_full")), Some(&6));
+    assert_eq!(
+        h.shard.stats().dropped.get(&("meeting", "mailbox_full")),
+        Some(&6)
+    );
 }
 
 mod props {

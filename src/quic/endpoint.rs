@@ -120,6 +120,7 @@ enum App {
     Wt(Box<WtApp>),
 }
 
+#[allow(dead_code)] // filled in when WebTransport sessions are wired to the core
 struct WtApp {
     /// Session stream id of the accepted session.
     session: Option<u64>,
@@ -239,7 +240,11 @@ impl Endpoint {
             next_conn: 0,
             out: Output::default(),
             stats: TransportStats::default(),
-            lat: [LatencyRecorder::new(t), LatencyRecorder::new(t), LatencyRecorder::new(t)],
+            lat: [
+                LatencyRecorder::new(t),
+                LatencyRecorder::new(t),
+                LatencyRecorder::new(t),
+            ],
             control_rx,
             events_tx,
             events_dropped: 0,
@@ -559,8 +564,12 @@ impl Endpoint {
             }
         }
         if let Some(c) = &mut e.closing {
-            if !c.fin_sent && e.partial.is_none() && self.core.queued_frames(id) == 0 {
-                if e.conn.stream_send(sid, b"", true).is_ok() {
+            if !c.fin_sent
+                && e.partial.is_none()
+                && self.core.queued_frames(id) == 0
+                && e.conn.stream_send(sid, b"", true).is_ok()
+            {
+                {
                     c.fin_sent = true;
                     let rtt = e
                         .conn
@@ -599,7 +608,9 @@ impl Endpoint {
     /// A message from another shard.
     pub fn on_peer(&mut self, msg: PeerMsg) {
         match msg {
-            PeerMsg::Datagram { mut data, from, to } => self.on_forwarded_inner(&mut data, from, to),
+            PeerMsg::Datagram { mut data, from, to } => {
+                self.on_forwarded_inner(&mut data, from, to)
+            }
             PeerMsg::Handoff(h) => {
                 let started = Instant::now();
                 self.adopt(*h);
@@ -616,7 +627,11 @@ impl Endpoint {
     }
 
     fn adopt(&mut self, h: Handoff) {
-        let Handoff { id, mut entry, join } = h;
+        let Handoff {
+            id,
+            mut entry,
+            join,
+        } = h;
         self.stats.handoffs_in += 1;
         // Timers live in the owning shard's heap: re-arm here.
         entry.deadline = None;
@@ -632,7 +647,11 @@ impl Endpoint {
             rand::thread_rng().fill_bytes(&mut token);
             if entry
                 .conn
-                .new_scid(&quiche::ConnectionId::from_ref(&cid), u128::from_be_bytes(token), true)
+                .new_scid(
+                    &quiche::ConnectionId::from_ref(&cid),
+                    u128::from_be_bytes(token),
+                    true,
+                )
                 .is_ok()
             {
                 self.cids.insert(cid.to_vec(), id);
@@ -769,7 +788,11 @@ impl Endpoint {
         {
             self.write_frames(id, t);
         }
-        if self.conns.get(&id).is_some_and(|e| matches!(e.app, App::Wt(_))) {
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|e| matches!(e.app, App::Wt(_)))
+        {
             self.drain_h3(id, t);
         }
         let Some(e) = self.conns.get_mut(&id) else {
@@ -778,7 +801,9 @@ impl Endpoint {
         loop {
             match e.conn.send(&mut self.send_buf) {
                 Ok((len, info)) => {
-                    self.out.packets.push((self.send_buf[..len].to_vec(), info.to));
+                    self.out
+                        .packets
+                        .push((self.send_buf[..len].to_vec(), info.to));
                     e.last_send = t.mono;
                 }
                 Err(quiche::Error::Done) => break,

@@ -30,7 +30,8 @@ pub enum CpuError {
 pub fn affinity_cpus() -> BTreeSet<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most sizeof(cpu_set_t).
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return core_affinity::get_core_ids()
             .unwrap_or_default()
@@ -110,7 +111,10 @@ mod tests {
         assert_eq!(select(&usable, None, Some(2)).unwrap(), vec![0, 1]);
         assert_eq!(select(&usable, Some(&[2, 3]), None).unwrap(), vec![2, 3]);
         assert_eq!(select(&usable, Some(&[3]), Some(1)).unwrap(), vec![3]);
-        assert!(matches!(select(&usable, Some(&[7]), None), Err(CpuError::NotAllowed(7))));
+        assert!(matches!(
+            select(&usable, Some(&[7]), None),
+            Err(CpuError::NotAllowed(7))
+        ));
         assert!(matches!(
             select(&usable, None, Some(5)),
             Err(CpuError::TooManyShards { shards: 5, cpus: 4 })

@@ -8,7 +8,9 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::channels::shared_channel::{
+    ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
+};
 use glommio::net::UdpSocket;
 
 use crate::core::ids::ShardId;
@@ -87,12 +89,14 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
         .collect();
     let tx_tasks: Vec<_> = peer_tx
         .into_iter()
-        .map(|tx| glommio::spawn_local(async move {
-            match tx {
-                Some(tx) => Some(tx.connect().await),
-                None => None,
-            }
-        }))
+        .map(|tx| {
+            glommio::spawn_local(async move {
+                match tx {
+                    Some(tx) => Some(tx.connect().await),
+                    None => None,
+                }
+            })
+        })
         .collect();
     let mut connected = Vec::with_capacity(tx_tasks.len());
     for t in tx_tasks {
@@ -113,6 +117,7 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
             while let Some(msg) = rx.recv().await {
                 ep.borrow_mut().on_peer(msg);
                 flush(&ep, &socket, &peers).await;
+                glommio::yield_if_needed().await;
             }
         }));
     }
@@ -125,6 +130,8 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
                     Ok((n, from)) => {
                         ep.borrow_mut().on_datagram(&mut buf[..n], from, local);
                         flush(&ep, &socket, &peers).await;
+                        // A busy socket must not starve the ticker (timers, control requests).
+                        glommio::yield_if_needed().await;
                     }
                     Err(e) => {
                         tracing::warn!(shard = %shard, error = %e, "recv_from failed");

@@ -23,7 +23,8 @@ pub struct LatencyRecorder {
 
 fn new_hist() -> Histogram<u64> {
     // 1 ns .. 60 s at 2 significant digits; the bounds are constants, so this cannot fail.
-    Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 60_000_000_000, 2)
+        .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
 }
 
 impl LatencyRecorder {
@@ -50,7 +51,9 @@ impl LatencyRecorder {
         self.count += 1;
         self.sum_seconds += secs;
         self.rotate(now);
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).clamp(1, 60_000_000_000);
+        let ns = u64::try_from(d.as_nanos())
+            .unwrap_or(u64::MAX)
+            .clamp(1, 60_000_000_000);
         self.current.saturating_record(ns);
     }
 
@@ -106,7 +109,10 @@ mod tests {
         let s = r.snapshot(t0);
         assert_eq!(s.count, 100);
         assert_eq!(*s.buckets.last().unwrap(), 100);
-        let i25us = LATENCY_BUCKETS.iter().position(|b| *b == 0.000_025).unwrap();
+        let i25us = LATENCY_BUCKETS
+            .iter()
+            .position(|b| *b == 0.000_025)
+            .unwrap();
         assert_eq!(s.buckets[i25us], 99);
         assert!(s.p50_ms > 0.015 && s.p50_ms < 0.025, "{}", s.p50_ms);
         assert!(s.p99_ms < 1.0);

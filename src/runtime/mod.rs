@@ -127,12 +127,14 @@ pub fn start(
     // Validate the TLS material once, on this thread, for a clear startup error.
     let mut probe = cfg.endpoint.clone();
     probe.shard_count = shard_count;
-    quiche_config(&probe).map_err(|e| StartError::Quic(format!("{e} (check --tls-cert/--tls-key)")))?;
+    quiche_config(&probe)
+        .map_err(|e| StartError::Quic(format!("{e} (check --tls-cert/--tls-key)")))?;
 
     // Shard → shard mesh.
     let mut txs: Vec<Vec<Option<shared_channel::SharedSender<PeerMsg>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut rxs: Vec<Vec<shared_channel::SharedReceiver<PeerMsg>>> = (0..n).map(|_| Vec::new()).collect();
+    let mut rxs: Vec<Vec<shared_channel::SharedReceiver<PeerMsg>>> =
+        (0..n).map(|_| Vec::new()).collect();
     for (from, row) in txs.iter_mut().enumerate() {
         for (to, slot) in row.iter_mut().enumerate() {
             if from != to {
@@ -161,8 +163,12 @@ pub fn start(
         let mut ccfg = cfg.core.clone();
         ccfg.shard = shard;
         ccfg.shard_count = shard_count;
-        let (verifier, binding, events_tx, ready_tx) =
-            (verifier.clone(), binding.clone(), events_tx.clone(), ready_tx.clone());
+        let (verifier, binding, events_tx, ready_tx) = (
+            verifier.clone(),
+            binding.clone(),
+            events_tx.clone(),
+            ready_tx.clone(),
+        );
         let parts = executor::ShardParts {
             shard,
             socket: socket.into(),

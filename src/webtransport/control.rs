@@ -270,8 +270,8 @@ impl Connection {
         out: &mut UniOutcome,
     ) -> Result<(), H3Error> {
         match item {
-            FrameItem::Settings(s) if first => {
-                self.peer_settings = Some(s);
+            FrameItem::Settings(payload) if first => {
+                self.peer_settings = Some(Settings::decode(&payload)?);
                 out.settings_arrived = true;
             }
             _ if first => {

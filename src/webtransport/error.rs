@@ -67,7 +67,7 @@ impl ErrorCode {
     pub fn to_webtransport_application(self) -> Option<u32> {
         let h = self.0;
         let last = Self::webtransport_application(u32::MAX).0;
-        if h < Self::WT_APP_FIRST || h > last || (h.wrapping_sub(0x21)) % 0x1f == 0 {
+        if h < Self::WT_APP_FIRST || h > last || h.wrapping_sub(0x21).is_multiple_of(0x1f) {
             return None;
         }
         let shifted = h - Self::WT_APP_FIRST;

@@ -37,7 +37,7 @@ pub const fn is_http2_reserved(ty: u64) -> bool {
 /// Whether `v` is a reserved "grease" value `0x1f * N + 0x21` (frame and stream types,
 /// settings, error codes).
 pub const fn is_grease(v: u64) -> bool {
-    v >= 0x21 && (v - 0x21) % 0x1f == 0
+    v >= 0x21 && (v - 0x21).is_multiple_of(0x1f)
 }
 
 /// SETTINGS identifiers.
@@ -191,8 +191,9 @@ pub enum FrameItem<'a> {
     Data(&'a [u8]),
     /// A complete HEADERS frame: its encoded field section.
     Headers(Vec<u8>),
-    /// A complete SETTINGS frame.
-    Settings(Settings),
+    /// A complete SETTINGS frame, unparsed (see [`Settings::decode`]): where SETTINGS is not
+    /// allowed, that is the error, whatever the payload.
+    Settings(Vec<u8>),
     /// A GOAWAY frame with its stream or push id.
     Goaway(u64),
     /// A MAX_PUSH_ID frame.
@@ -393,7 +394,7 @@ fn parse_buffered(ty: u64, payload: Vec<u8>) -> Result<FrameItem<'static>, Frame
     };
     Ok(match ty {
         HEADERS => FrameItem::Headers(payload),
-        SETTINGS => FrameItem::Settings(Settings::decode(&payload).map_err(FrameError::Invalid)?),
+        SETTINGS => FrameItem::Settings(payload),
         GOAWAY => FrameItem::Goaway(single_varint(&payload)?),
         MAX_PUSH_ID => FrameItem::MaxPushId(single_varint(&payload)?),
         _ => FrameItem::CancelPush(single_varint(&payload)?),
@@ -456,9 +457,10 @@ mod tests {
         s.encode(&mut wire);
         let mut dec = FrameDecoder::new(1024);
         let mut input = &wire[..];
-        let Some(FrameItem::Settings(back)) = dec.next(&mut input).unwrap() else {
+        let Some(FrameItem::Settings(payload)) = dec.next(&mut input).unwrap() else {
             panic!("no settings");
         };
+        let back = Settings::decode(&payload).unwrap();
         assert_eq!(back, s);
         assert!(back.supports_webtransport() && back.enables_connect_protocol());
         assert!(!Settings::new().supports_webtransport());

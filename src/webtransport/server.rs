@@ -253,33 +253,27 @@ impl H3Server {
         if !control::is_bidi(stream_id) {
             return self.conn.on_uni_reset(stream_id);
         }
-        match self.streams.remove(&stream_id) {
-            Some(Bidi::Request(req)) => {
-                let was_session = match req.state {
-                    ReqState::Pending | ReqState::Accepted => {
-                        self.events.push_back(H3Event::SessionClosed {
-                            session_id: stream_id,
-                            code: 0,
-                            reason: String::new(),
-                        });
-                        self.end_session(stream_id, ErrorCode::WEBTRANSPORT_SESSION_GONE);
-                        if !req.fin_sent {
-                            self.reset(stream_id, ErrorCode::H3_REQUEST_CANCELLED);
-                        }
-                        true
+        if let Some(Bidi::Request(req)) = self.streams.remove(&stream_id) {
+            let was_session = match req.state {
+                ReqState::Pending | ReqState::Accepted => {
+                    self.events.push_back(H3Event::SessionClosed {
+                        session_id: stream_id,
+                        code: 0,
+                        reason: String::new(),
+                    });
+                    self.end_session(stream_id, ErrorCode::WEBTRANSPORT_SESSION_GONE);
+                    if !req.fin_sent {
+                        self.reset(stream_id, ErrorCode::H3_REQUEST_CANCELLED);
                     }
-                    ReqState::Done { was_session } => was_session,
-                    ReqState::Headers | ReqState::AwaitingSettings(_) => {
-                        self.end_session(
-                            stream_id,
-                            ErrorCode::WEBTRANSPORT_BUFFERED_STREAM_REJECTED,
-                        );
-                        false
-                    }
-                };
-                self.retire(stream_id, was_session);
-            }
-            Some(_) | None => {}
+                    true
+                }
+                ReqState::Done { was_session } => was_session,
+                ReqState::Headers | ReqState::AwaitingSettings(_) => {
+                    self.end_session(stream_id, ErrorCode::WEBTRANSPORT_BUFFERED_STREAM_REJECTED);
+                    false
+                }
+            };
+            self.retire(stream_id, was_session);
         }
         Ok(())
     }
@@ -322,12 +316,15 @@ impl H3Server {
     /// FIN, and refuses the WebTransport streams held for it. Returns false when the session is
     /// no longer pending.
     pub fn reject_session(&mut self, session_id: u64, status: u16) -> bool {
-        let Some(Bidi::Request(req)) = self.streams.get(&session_id) else {
+        let Some(Bidi::Request(req)) = self.streams.get_mut(&session_id) else {
             return false;
         };
         if !matches!(req.state, ReqState::Pending) {
             return false;
         }
+        req.state = ReqState::Done { was_session: false };
+        req.fin_sent = true;
+        let fin_received = req.fin_received;
         let status = if (400..=599).contains(&status) {
             status
         } else {
@@ -335,6 +332,10 @@ impl H3Server {
         };
         self.respond(session_id, status, true);
         self.end_session(session_id, ErrorCode::WEBTRANSPORT_BUFFERED_STREAM_REJECTED);
+        if fin_received {
+            self.streams.remove(&session_id);
+            self.retire(session_id, false);
+        }
         true
     }
 

@@ -113,7 +113,10 @@ for line in open(list_path):
 for name, kind, labels in exported:
     series = name + "_bucket" if kind == "histogram" else name
     present = series in samples
-    check(present, f"{name} present" + (" (as _bucket)" if kind == "histogram" else ""))
+    family = name[:-len("_total")] if kind == "counter" else name
+    hint = ("declared by # TYPE but no series yet" if family in types or name in types
+            else "no series and no # TYPE line; labelled series should exist from start-up (value 0)")
+    check(present, f"{name} present" + (" (as _bucket)" if kind == "histogram" else ""), "" if present else hint)
     if not present:
         continue
     allowed = labels | ({"le"} if kind == "histogram" else set())

@@ -22,7 +22,10 @@ pub struct Server {
 }
 
 pub fn unique_dir(tag: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let d = std::env::temp_dir().join(format!("mc-test-{tag}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -37,14 +40,21 @@ impl Server {
 
     pub fn start_in(dev_dir: PathBuf, extra: &[&str]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mc"));
-        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
-            .arg("--dev-dir")
-            .arg(&dev_dir)
-            .args(["--io-memory", "262144", "--log-level"])
-            .arg(std::env::var("MC_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--dev-dir")
+        .arg(&dev_dir)
+        .args(["--io-memory", "262144", "--log-level"])
+        .arg(std::env::var("MC_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn mc");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -132,7 +142,10 @@ impl Drop for Server {
 }
 
 pub fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 pub fn http_request(
@@ -146,7 +159,10 @@ pub fn http_request(
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(a) = auth {
         req.push_str(&format!("Authorization: Bearer {a}\r\n"));
     }
@@ -165,7 +181,10 @@ pub fn http_request(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_owned()
@@ -220,9 +239,14 @@ impl Client {
         Self::try_connect_window(server, Duration::from_secs(10), window).expect("handshake")
     }
 
-    pub fn try_connect_window(server: SocketAddr, timeout: Duration, window: u64) -> Result<Client, String> {
+    pub fn try_connect_window(
+        server: SocketAddr,
+        timeout: Duration,
+        window: u64,
+    ) -> Result<Client, String> {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
         let local = sock.local_addr().unwrap();
         let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
         cfg.set_application_protos(&[b"mc/1"]).unwrap();
@@ -273,7 +297,13 @@ impl Client {
         loop {
             match self.sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    let _ = self.conn.recv(&mut buf[..n], quiche::RecvInfo { from, to: self.local });
+                    let _ = self.conn.recv(
+                        &mut buf[..n],
+                        quiche::RecvInfo {
+                            from,
+                            to: self.local,
+                        },
+                    );
                     self.read_stream();
                     self.flush();
                 }
@@ -354,7 +384,11 @@ impl Client {
     }
 
     /// Waits until `pred` matches a received message (removing and returning it).
-    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&ServerMessage) -> bool) -> Option<ServerMessage> {
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&ServerMessage) -> bool,
+    ) -> Option<ServerMessage> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(i) = self.received.iter().position(&pred) {
@@ -362,7 +396,11 @@ impl Client {
             }
             if Instant::now() >= deadline || self.conn.is_closed() {
                 // One last look.
-                return self.received.iter().position(&pred).map(|i| self.received.remove(i));
+                return self
+                    .received
+                    .iter()
+                    .position(&pred)
+                    .map(|i| self.received.remove(i));
             }
             self.io(Duration::from_millis(5));
         }
@@ -371,14 +409,20 @@ impl Client {
     pub fn expect(&mut self, what: &str, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
         match self.wait_for(Duration::from_secs(10), pred) {
             Some(m) => m,
-            None => panic!("expected {what}; got {:?}; closed={:?}", self.received, self.closed()),
+            None => panic!(
+                "expected {what}; got {:?}; closed={:?}",
+                self.received,
+                self.closed()
+            ),
         }
     }
 
     /// Joins and returns the join_response.
     pub fn join_ok(&mut self, meeting: &str, token: &str, name: &str) -> ServerMessage {
         self.join(meeting, token, name);
-        self.expect("join_response", |m| matches!(m, ServerMessage::JoinResponse { .. }))
+        self.expect("join_response", |m| {
+            matches!(m, ServerMessage::JoinResponse { .. })
+        })
     }
 
     pub fn closed(&self) -> Option<Closed> {

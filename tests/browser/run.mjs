@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// Runs tests/browser/join.html in headless Chromium against a running meeting controller.
+//
+//   node tests/browser/run.mjs --url https://localhost:4433/meetings/m1 --hash <cert sha-256> \
+//        --token <jwt> --token2 <jwt> [--chromium /usr/bin/chromium] [--timeout 30]
+//
+// No npm packages: a local HTTP server on 127.0.0.1 serves the page (a secure context, as
+// WebTransport requires) and receives the page's JSON result by POST. Exit code 0 on PASS, 1 on
+// FAIL or timeout, 64 on bad arguments.
+
+import { spawn } from "node:child_process";
+import { readFileSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:http";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const args = {};
+const argv = process.argv.slice(2);
+for (let i = 0; i < argv.length; i++) {
+  if (!argv[i].startsWith("--") || i + 1 >= argv.length) {
+    console.error(`bad argument ${argv[i]}`);
+    process.exit(64);
+  }
+  args[argv[i].slice(2)] = argv[++i];
+}
+for (const need of ["url", "token", "token2"]) {
+  if (!args[need]) {
+    console.error(`missing --${need}`);
+    process.exit(64);
+  }
+}
+const chromium = args.chromium || process.env.CHROMIUM || "/usr/bin/chromium";
+const timeoutMs = Number(args.timeout || 30) * 1000;
+const page = readFileSync(join(dirname(fileURLToPath(import.meta.url)), "join.html"));
+
+let finish;
+const done = new Promise((resolve) => { finish = resolve; });
+
+const http = createServer((req, res) => {
+  if (req.method === "POST" && req.url === "/result") {
+    let body = "";
+    req.on("data", (c) => { body += c; });
+    req.on("end", () => {
+      res.end("ok");
+      try { finish(JSON.parse(body)); } catch (e) { finish({ ok: false, error: `bad report: ${e}` }); }
+    });
+    return;
+  }
+  if (req.method === "GET" && req.url.startsWith("/join.html")) {
+    res.setHeader("content-type", "text/html; charset=utf-8");
+    res.end(page);
+    return;
+  }
+  res.statusCode = 404;
+  res.end();
+});
+await new Promise((r) => http.listen(0, "127.0.0.1", r));
+const port = http.address().port;
+
+const q = new URLSearchParams({ url: args.url, token: args.token, token2: args.token2,
+  report: `http://127.0.0.1:${port}/result` });
+if (args.hash) q.set("hash", args.hash);
+if (args.meeting) q.set("meeting", args.meeting);
+const pageUrl = `http://127.0.0.1:${port}/join.html?${q}`;
+
+const profile = mkdtempSync(join(tmpdir(), "mc-chromium-"));
+const browser = spawn(chromium, [
+  "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+  "--disable-dev-shm-usage", `--user-data-dir=${profile}`, "--enable-logging=stderr", "--v=0",
+  pageUrl,
+], { stdio: ["ignore", "ignore", "pipe"] });
+let browserLog = "";
+browser.stderr.on("data", (c) => { browserLog = (browserLog + c).slice(-20000); });
+browser.on("exit", (code) => finish({ ok: false, error: `chromium exited with ${code}` }));
+
+const timer = setTimeout(() => finish({ ok: false, error: `no result within ${timeoutMs / 1000}s` }), timeoutMs);
+const result = await done;
+clearTimeout(timer);
+browser.removeAllListeners("exit");
+browser.kill("SIGKILL");
+http.close();
+rmSync(profile, { recursive: true, force: true });
+
+console.log(JSON.stringify(result, null, 2));
+if (!result.ok) {
+  if (process.env.MC_BROWSER_LOG) console.error(browserLog);
+  process.exit(1);
+}

@@ -1,0 +1,274 @@
+//! Smoke test of the load generator against the real server: a short `meetings` run on loopback
+//! must lose no delivery and report sane, ordered percentiles. No timing thresholds: this runs
+//! on shared CI machines.
+//!
+//! The `mc-loadtest` binary belongs to another workspace member, so cargo does not build it for
+//! this test; it is looked up next to the test's own target directory and built with
+//! `cargo build -p mc-loadtest` (same profile and target directory) when missing.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// `target/<profile>` of this test executable (`target/<profile>/deps/<test>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of `mc-loadtest`, built on demand.
+fn loadtest_binary() -> PathBuf {
+    let dir = profile_dir();
+    let bin = dir.join(format!("mc-loadtest{}", std::env::consts::EXE_SUFFIX));
+    if bin.is_file() {
+        return bin;
+    }
+    let target = dir.parent().expect("target dir").to_path_buf();
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "mc-loadtest", "--target-dir"])
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd.status().expect("run cargo build -p mc-loadtest");
+    assert!(status.success(), "cargo build -p mc-loadtest failed");
+    assert!(bin.is_file(), "{} missing after build", bin.display());
+    bin
+}
+
+fn unique_dir(tag: &str) -> PathBuf {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mc-loadtest-{tag}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The server, killed on drop.
+struct Server {
+    child: Child,
+    quic: SocketAddr,
+    control: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dev_dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mc"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--dev-dir")
+        .arg(dev_dir)
+        .args([
+            "--shards",
+            "2",
+            "--io-memory",
+            "262144",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mc serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("listening ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(l) => l,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("mc serve did not print its `listening` line");
+        }
+    };
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in `{line}`"))
+    };
+    let (quic, control) = (field("quic="), field("control="));
+    Server {
+        child,
+        quic,
+        control,
+    }
+}
+
+fn ms(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{} is not a number in {v:#}", path.join(".")))
+}
+
+fn count(v: &Value, path: &[&str]) -> u64 {
+    ms(v, path) as u64
+}
+
+#[test]
+fn meetings_run_loses_nothing_and_reports_sane_percentiles() {
+    let bin = loadtest_binary();
+    let dir = unique_dir("smoke");
+    let dev_dir = dir.join("dev");
+    let server = start_server(&dev_dir);
+    let plot = dir.join("latency.svg");
+
+    let out = Command::new(&bin)
+        .args([
+            "--scenario",
+            "meetings",
+            "--meetings",
+            "4",
+            "--participants",
+            "3",
+        ])
+        .args([
+            "--rate",
+            "20",
+            "--ramp",
+            "1s",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+        ])
+        .args(["--drain", "5s", "--threads", "2", "--json", "--quiet"])
+        .arg("--server")
+        .arg(server.quic.to_string())
+        .arg("--dev-dir")
+        .arg(&dev_dir)
+        .arg("--metrics-url")
+        .arg(format!("http://{}/metrics", server.control))
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("run mc-loadtest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "mc-loadtest failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); stderr: {stderr}"));
+
+    // Everybody joined and stayed.
+    assert_eq!(count(&report, &["connections", "joins"]), 12, "{report:#}");
+    assert_eq!(
+        count(&report, &["connections", "join_failures"]),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(
+        count(&report, &["connections", "disconnects"]),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
+
+    // Every owed delivery arrived: 12 senders, each message owed to the 2 others.
+    let expected = count(&report, &["deliveries", "expected"]);
+    let sent = count(&report, &["messages", "sent"]);
+    assert!(sent > 0, "{report:#}");
+    assert_eq!(expected, 2 * sent, "{report:#}");
+    assert_eq!(
+        count(&report, &["deliveries", "received"]),
+        expected,
+        "{report:#}"
+    );
+    assert_eq!(count(&report, &["deliveries", "lost"]), 0, "{report:#}");
+    assert_eq!(
+        count(&report, &["deliveries", "duplicates"]),
+        0,
+        "{report:#}"
+    );
+
+    // Percentiles are ordered and backed by samples.
+    for kind in ["delivery", "join", "handshake"] {
+        let l = &report["latency"][kind];
+        assert!(count(l, &["count"]) > 0, "{kind}: {report:#}");
+        let (p50, p99, max) = (ms(l, &["p50_ms"]), ms(l, &["p99_ms"]), ms(l, &["max_ms"]));
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{kind}: {l}");
+        assert!(ms(l, &["p90_ms"]) <= ms(l, &["p99_9_ms"]), "{kind}: {l}");
+    }
+    assert_eq!(count(&report, &["latency", "join", "count"]), 12);
+    assert!(count(&report, &["messages", "delivered_window"]) > 0);
+
+    // The controller's own view agrees: nothing dropped.
+    let server_view = &report["server"];
+    assert!(
+        server_view.is_object(),
+        "metrics were not scraped: {report:#}"
+    );
+    assert_eq!(ms(server_view, &["messages_dropped"]), 0.0, "{report:#}");
+
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.starts_with("<svg") && svg.contains("delivery latency"));
+
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_exit_with_usage_code() {
+    let bin = loadtest_binary();
+    let out = Command::new(&bin)
+        .args(["--warmup", "10s", "--duration", "5s"])
+        .output()
+        .expect("run mc-loadtest");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--warmup"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+
+    let dir = unique_dir("nokey");
+    let out = Command::new(&bin)
+        .arg("--dev-dir")
+        .arg(&dir)
+        .output()
+        .expect("run mc-loadtest");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mc serve --dev"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

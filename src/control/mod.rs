@@ -479,6 +479,8 @@ fn serve(
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("mc-control-blocking")
+        // Shard waits are bounded by their timeouts; this bounds how many run at once.
+        .max_blocking_threads(64)
         .build()
     {
         Ok(rt) => rt,

@@ -64,6 +64,9 @@ impl Conn {
     }
 
     fn flush(&mut self) {
+        if !self.quic.is_established() {
+            return;
+        }
         while let Some(t) = self.h3.poll_transmit() {
             self.pending.push((t.stream_id, t.data, t.fin));
         }
@@ -223,7 +226,11 @@ fn serve(socket: UdpSocket, mut config: quiche::Config, stop: Arc<AtomicBool>) {
                 loop {
                     match c.quic.stream_recv(id, &mut buf) {
                         Ok((n, fin)) => {
+                            if std::env::var_os("MC_WT_DEBUG").is_some() {
+                                eprintln!("stream {id}: {n} bytes fin={fin}");
+                            }
                             if let Err(e) = c.h3.on_stream_data(id, &buf[..n], fin) {
+                                eprintln!("h3 connection error: {e}");
                                 let _ = c.quic.close(true, e.code.0, e.reason.as_bytes());
                             }
                             if fin {
@@ -239,6 +246,9 @@ fn serve(socket: UdpSocket, mut config: quiche::Config, stop: Arc<AtomicBool>) {
                 }
             }
             while let Some(ev) = c.h3.poll_event() {
+                if std::env::var_os("MC_WT_DEBUG").is_some() {
+                    eprintln!("event: {ev:?}");
+                }
                 match ev {
                     H3Event::SessionRequested { session_id, .. } => {
                         c.session = Some(session_id);

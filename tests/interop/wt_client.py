@@ -19,6 +19,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import ssl
 import struct
 import sys
@@ -35,6 +36,9 @@ from aioquic.h3.events import (
 )
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
+
+
+VERBOSE = bool(os.environ.get("MC_WT_DEBUG"))
 
 
 def encode_frame(obj: dict) -> bytes:
@@ -100,6 +104,8 @@ class WebTransportClient(QuicConnectionProtocol):
         self.transmit()
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if VERBOSE:
+            print(f"quic event: {event!r}", file=sys.stderr, flush=True)
         if isinstance(event, ConnectionTerminated):
             self.closed = f"connection closed: code {event.error_code:#x} {event.reason_phrase}"
             if not self.session_status.done():
@@ -112,6 +118,8 @@ class WebTransportClient(QuicConnectionProtocol):
             self.h3_event_received(h3_event)
 
     def h3_event_received(self, event: H3Event) -> None:
+        if VERBOSE:
+            print(f"h3 event: {event!r}", file=sys.stderr, flush=True)
         if isinstance(event, HeadersReceived) and event.stream_id == self.session_id:
             status = dict(event.headers).get(b":status", b"0").decode()
             if not self.session_status.done():

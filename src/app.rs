@@ -146,6 +146,10 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
             keep_alive: cfg.keep_alive,
             max_connections: cfg.max_connections_per_shard,
             allowed_origins: cfg.allowed_origins.clone(),
+            retry_always: cfg.retry,
+            retry_threshold: cfg.retry_handshake_threshold,
+            max_handshakes: cfg.max_handshakes_per_shard,
+            retry_key: crate::quic::retry::RetryKey::new(rand::random()),
         },
         core: ShardConfig {
             shard: ShardId(0),

@@ -226,6 +226,15 @@ pub struct ServeArgs {
     /// [default: any with --dev, none otherwise].
     #[arg(long, env = "MC_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
+    /// Always validate client addresses with a QUIC Retry before the handshake.
+    #[arg(long, env = "MC_RETRY")]
+    pub retry: bool,
+    /// Handshakes in progress per shard above which Retry is required [default: 256].
+    #[arg(long, env = "MC_RETRY_HANDSHAKE_THRESHOLD")]
+    pub retry_handshake_threshold: Option<String>,
+    /// Handshakes in progress per shard above which new ones are dropped [default: 4096].
+    #[arg(long, env = "MC_MAX_HANDSHAKES_PER_SHARD")]
+    pub max_handshakes_per_shard: Option<String>,
     /// Test-only hooks (a `message` with a magic payload panics its meeting).
     #[arg(long, env = "MC_ENABLE_TEST_HOOKS", hide = true)]
     pub enable_test_hooks: bool,
@@ -273,6 +282,9 @@ struct FileConfig {
     drain_timeout: Option<String>,
     gc_timeout: Option<String>,
     allowed_origins: Option<String>,
+    retry: Option<bool>,
+    retry_handshake_threshold: Option<toml::Value>,
+    max_handshakes_per_shard: Option<toml::Value>,
 }
 
 /// Log output format.
@@ -363,6 +375,12 @@ pub struct Config {
     pub gc_timeout: Duration,
     /// WebTransport origins (`None` = any).
     pub allowed_origins: Option<Vec<String>>,
+    /// Always require QUIC address validation.
+    pub retry: bool,
+    /// Handshakes in progress per shard above which Retry is required.
+    pub retry_handshake_threshold: usize,
+    /// Handshakes in progress per shard above which new ones are dropped.
+    pub max_handshakes_per_shard: usize,
     /// Test hooks.
     pub enable_test_hooks: bool,
 }
@@ -710,6 +728,21 @@ impl Config {
                 Duration::from_secs(60),
             )?,
             allowed_origins,
+            retry: args.retry || file.retry.unwrap_or(false),
+            retry_handshake_threshold: Resolver::number(
+                "retry-handshake-threshold",
+                args.retry_handshake_threshold,
+                file.retry_handshake_threshold,
+                256,
+                (0, 10_000_000),
+            )?,
+            max_handshakes_per_shard: Resolver::number(
+                "max-handshakes-per-shard",
+                args.max_handshakes_per_shard,
+                file.max_handshakes_per_shard,
+                4096,
+                (1, 10_000_000),
+            )?,
             enable_test_hooks: args.enable_test_hooks,
         };
         cfg.validate()?;

@@ -601,3 +601,33 @@ fn a_panicking_meeting_leaves_others_served() {
         assert_eq!(panics, 1.0, "{metrics}");
     }
 }
+
+#[test]
+fn retry_validates_addresses_before_handshakes() {
+    let server = Server::start("retry", &["--shards", "2", "--retry"]);
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut c = Client::connect(server.quic);
+        c.join_ok(
+            "validated",
+            &server.token("validated", Role::Participant, &format!("u{i}")),
+            "v",
+        );
+        clients.push(c);
+    }
+    clients[0].send(&ClientMessage::Message {
+        payload: serde_json::json!("after retry"),
+        to: None,
+    });
+    clients[3].expect("message", |m| matches!(m, ServerMessage::Message { .. }));
+    let metrics = server.metrics();
+    let retries: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("mc_quic_retries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        retries >= 4.0,
+        "at least one Retry per connection\n{metrics}"
+    );
+}

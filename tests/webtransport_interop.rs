@@ -186,7 +186,9 @@ fn serve(socket: UdpSocket, mut config: quiche::Config, stop: Arc<AtomicBool>) {
                         let _ = socket.send_to(&out[..n], from);
                         continue;
                     }
-                    let scid: Vec<u8> = (0..16).map(|_| rand::random::<u8>()).collect();
+                    let scid: Vec<u8> = (0..quiche::MAX_CONN_ID_LEN)
+                        .map(|_| rand::random::<u8>())
+                        .collect();
                     let scid_ref = quiche::ConnectionId::from_ref(&scid);
                     let quic = quiche::accept(&scid_ref, None, local, from, &mut config).unwrap();
                     conns.insert(
@@ -241,7 +243,12 @@ fn serve(socket: UdpSocket, mut config: quiche::Config, stop: Arc<AtomicBool>) {
                             let _ = c.h3.on_stream_reset(id);
                             break;
                         }
-                        Err(_) => break,
+                        Err(e) => {
+                            if std::env::var_os("MC_WT_DEBUG").is_some() {
+                                eprintln!("stream {id}: recv {e:?}");
+                            }
+                            break;
+                        }
                     }
                 }
             }
@@ -389,4 +396,16 @@ fn aioquic_joins_over_webtransport() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("PASS"), "{stdout}");
+}
+
+#[test]
+#[ignore = "manual: serves the harness for MC_WT_SERVE_SECS seconds"]
+fn serve_harness() {
+    let h = start_harness();
+    println!("port {} hash {}", h.addr.port(), h.cert.sha256_hex);
+    let secs = std::env::var("MC_WT_SERVE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    thread::sleep(Duration::from_secs(secs));
 }

@@ -3,7 +3,7 @@
 //! Every intended send time travels in a payload as Unix nanoseconds, and every receive time is
 //! converted with the same mapping, so a wall-clock step during a run cannot distort latencies.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// A fixed `(Instant, Unix ns)` pair taken once at start-up.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +43,8 @@ impl Default for Clock {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

@@ -410,6 +410,18 @@ impl Collector for ShardCollector {
         )?;
         counter(
             e,
+            "mc_quic_retries",
+            "QUIC Retry packets sent (address validation)",
+            &per_shard(&views, |v| v.snapshot.retries as f64),
+        )?;
+        counter(
+            e,
+            "mc_handshakes_shed",
+            "Initial packets dropped because too many handshakes were in progress",
+            &per_shard(&views, |v| v.snapshot.handshakes_shed as f64),
+        )?;
+        counter(
+            e,
             "mc_datagrams_received",
             "UDP datagrams received by the shard's socket",
             &per_shard(&views, |v| v.snapshot.datagrams_received as f64),

@@ -677,6 +677,9 @@ impl Shard {
                 Ok(None) => return,
                 Ok(Some(body)) => codec::decode_client(body),
                 Err(e) => {
+                    // A framing error ends the connection; a joined participant leaves with
+                    // `connection_lost` (it cannot resume a stream it corrupted).
+                    let joined = self.joined(conn);
                     self.reject(
                         conn,
                         ErrorCode::InvalidRequest,
@@ -685,6 +688,9 @@ impl Shard {
                         close_code::PROTOCOL,
                         "bad frame",
                     );
+                    if let Some((mid, pid)) = joined {
+                        self.remove_participant(&mid, &pid, LeaveReason::ConnectionLost, now);
+                    }
                     return;
                 }
             };
@@ -1396,14 +1402,18 @@ impl Shard {
             }));
     }
 
-    fn disconnect_lost(&mut self, conn: ConnId, now: Now, why: &'static str) {
-        let joined = match self.conns.get(&conn).map(|c| &c.state) {
+    fn joined(&self, conn: ConnId) -> Option<(MeetingId, ParticipantId)> {
+        match self.conns.get(&conn).map(|c| &c.state) {
             Some(ConnState::Joined {
                 meeting,
                 participant,
             }) => Some((meeting.clone(), participant.clone())),
             _ => None,
-        };
+        }
+    }
+
+    fn disconnect_lost(&mut self, conn: ConnId, now: Now, why: &'static str) {
+        let joined = self.joined(conn);
         self.close(conn, close_code::SLOW_OR_FLOOD, why);
         if let Some((mid, pid)) = joined {
             self.remove_participant(&mid, &pid, LeaveReason::ConnectionLost, now);

@@ -341,13 +341,23 @@ fn first_message_must_be_join() {
 }
 
 #[test]
-fn frame_errors_close_with_0x101() {
+fn frame_errors_close_with_0x101_and_the_participant_leaves() {
     let mut h = Harness::single();
-    let (c, _) = h.joined("f", Role::Participant);
+    let (other, _) = h.joined("f", Role::Participant);
+    let (c, c_id) = h.joined("f", Role::Participant);
+    h.recv(other);
     let now = h.now();
     h.shard.handle_stream_data(c, &[0, 1, 0, 1], now); // 65537
     assert_eq!(error_code(&h.recv(c)[0]), Some(ErrorCode::InvalidRequest));
     assert_eq!(h.closes(), vec![(c, close_code::PROTOCOL)]);
+    assert_eq!(
+        h.recv(other),
+        vec![ServerMessage::ParticipantLeft {
+            participant_id: c_id,
+            reason: LeaveReason::ConnectionLost
+        }]
+    );
+    assert_eq!(h.shard.participant_count(), 1);
 }
 
 #[test]

@@ -49,6 +49,14 @@ pub struct EndpointConfig {
     pub max_connections: usize,
     /// WebTransport origins (`None` = any).
     pub allowed_origins: Option<Vec<String>>,
+    /// Always require address validation (Retry) before a handshake.
+    pub retry_always: bool,
+    /// Handshakes in progress on this shard above which Retry is required.
+    pub retry_threshold: usize,
+    /// Handshakes in progress on this shard above which new Initials are dropped.
+    pub max_handshakes: usize,
+    /// Key for Retry tokens (shared by all shards).
+    pub retry_key: crate::quic::retry::RetryKey,
 }
 
 /// Builds a shard's quiche configuration.
@@ -169,6 +177,12 @@ pub struct TransportStats {
     pub datagrams_dropped: u64,
     /// Connections refused at the per-shard limit.
     pub refused: u64,
+    /// Retry packets sent.
+    pub retries: u64,
+    /// Initials with an invalid or expired Retry token.
+    pub bad_retry_tokens: u64,
+    /// Initials dropped because too many handshakes were in progress.
+    pub handshakes_shed: u64,
 }
 
 /// Output the glue must perform.
@@ -350,10 +364,56 @@ impl Endpoint {
             self.stats.datagrams_dropped += 1;
             return;
         }
+        let handshaking = self.conns.values().filter(|e| !e.opened).count();
+        if handshaking >= self.cfg.max_handshakes {
+            self.stats.handshakes_shed += 1;
+            return;
+        }
+        let now_secs = now().unix_ms / 1000;
+        let mut validated_odcid: Option<Vec<u8>> = None;
+        if !hdr.token.as_ref().is_none_or(|t| t.is_empty()) {
+            let token = hdr.token.clone().unwrap_or_default();
+            match self.cfg.retry_key.validate(&from, &token, now_secs) {
+                Some(odcid) => validated_odcid = Some(odcid),
+                None => {
+                    // A token we cannot validate: drop (RFC 9000 §8.1.3 allows closing with
+                    // INVALID_TOKEN; dropping keeps us silent towards spoofed sources).
+                    self.stats.bad_retry_tokens += 1;
+                    return;
+                }
+            }
+        }
+        let need_retry = self.cfg.retry_always || handshaking >= self.cfg.retry_threshold;
+        if need_retry && validated_odcid.is_none() {
+            let new_scid = self.fresh_cid();
+            let token = self.cfg.retry_key.mint(&from, &hdr.dcid, now_secs);
+            let mut out = vec![0u8; MAX_DATAGRAM];
+            if let Ok(len) = quiche::retry(
+                &hdr.scid,
+                &hdr.dcid,
+                &quiche::ConnectionId::from_ref(&new_scid),
+                &token,
+                hdr.version,
+                &mut out,
+            ) {
+                out.truncate(len);
+                self.out.packets.push((out, from));
+                self.stats.retries += 1;
+            }
+            return;
+        }
+        // After a Retry the client uses the CID we chose in it as DCID; keep that one.
+        let scid: [u8; CID_LEN] = match (&validated_odcid, <[u8; CID_LEN]>::try_from(&hdr.dcid[..]))
+        {
+            (Some(_), Ok(c)) if shard_of_cid(&c, self.cfg.shard_count) == Some(self.cfg.shard) => c,
+            _ => self.fresh_cid(),
+        };
         let odcid = hdr.dcid.to_vec();
-        let scid = self.fresh_cid();
         let qscid = quiche::ConnectionId::from_ref(&scid);
-        let mut conn = match quiche::accept(&qscid, None, to, from, &mut self.qcfg) {
+        let original = validated_odcid
+            .as_deref()
+            .map(quiche::ConnectionId::from_ref);
+        let mut conn = match quiche::accept(&qscid, original.as_ref(), to, from, &mut self.qcfg) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(shard = %self.cfg.shard, error = %e, "accept failed");
@@ -870,6 +930,8 @@ impl Endpoint {
             joins: s.joins.iter().map(|(a, n)| (*a, *n)).collect(),
             token_failures: s.token_failures.iter().map(|(a, n)| (*a, *n)).collect(),
             handshakes: self.stats.handshakes,
+            retries: self.stats.retries,
+            handshakes_shed: self.stats.handshakes_shed,
             datagrams_received: self.stats.datagrams_received,
             datagrams_forwarded: self.stats.datagrams_forwarded,
             handoffs_out: self.stats.handoffs_out,

@@ -2,3 +2,4 @@
 //! handoff. Moves bytes and time between quiche and the sans-IO core.
 
 pub mod endpoint;
+pub mod retry;

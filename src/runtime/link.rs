@@ -168,6 +168,10 @@ pub struct ShardSnapshot {
     pub token_failures: Vec<(&'static str, u64)>,
     /// Completed QUIC handshakes.
     pub handshakes: u64,
+    /// Retry packets sent.
+    pub retries: u64,
+    /// Initials dropped by the handshake limit.
+    pub handshakes_shed: u64,
     /// Datagrams received by this shard's socket.
     pub datagrams_received: u64,
     /// Datagrams this shard received for another shard's connection and forwarded.

@@ -168,6 +168,7 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
             test_hooks: cfg.enable_test_hooks,
         },
         control_mailbox: cfg.mailbox_size.max(64),
+        cid_steering: !cfg.disable_cid_steering,
     };
     let rt = runtime::start(rt_cfg, Arc::new(verifier), Arc::new(binding))
         .map_err(|e| Failure::Start(e.to_string()))?;

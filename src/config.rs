@@ -238,6 +238,10 @@ pub struct ServeArgs {
     /// Test-only hooks (a `message` with a magic payload panics its meeting).
     #[arg(long, env = "MC_ENABLE_TEST_HOOKS", hide = true)]
     pub enable_test_hooks: bool,
+    /// Do not attach the kernel CID-steering program (datagrams are then spread by 4-tuple
+    /// and forwarded between shards in user space). For diagnosis and tests.
+    #[arg(long, env = "MC_DISABLE_CID_STEERING", hide = true)]
+    pub disable_cid_steering: bool,
 }
 
 /// The `[serve]`-level keys of the TOML file (same names as the flags, with `_`).
@@ -383,6 +387,8 @@ pub struct Config {
     pub max_handshakes_per_shard: usize,
     /// Test hooks.
     pub enable_test_hooks: bool,
+    /// Skip the reuseport steering program.
+    pub disable_cid_steering: bool,
 }
 
 /// Parses a duration like `30s`, `500ms`, `2m`, `1h`, `1m30s` or a bare number of seconds.
@@ -744,6 +750,7 @@ impl Config {
                 (1, 10_000_000),
             )?,
             enable_test_hooks: args.enable_test_hooks,
+            disable_cid_steering: args.disable_cid_steering,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -35,7 +35,28 @@ fn event_log(c: &Client) -> Vec<String> {
 
 #[test]
 fn participants_on_different_shards_see_one_ordered_stream() {
-    let server = Server::start("order", &["--shards", "2"]);
+    let (handoffs, forwarded) = ordered_stream(&["--shards", "2"]);
+    eprintln!("with CID steering: handoffs={handoffs} forwarded_datagrams={forwarded}");
+    assert!(
+        handoffs > 0.0,
+        "8 connections from distinct ports should not all land on one shard"
+    );
+}
+
+#[test]
+fn without_kernel_steering_datagrams_are_forwarded_to_the_owner() {
+    let (handoffs, forwarded) = ordered_stream(&["--shards", "2", "--disable-cid-steering"]);
+    eprintln!("without CID steering: handoffs={handoffs} forwarded_datagrams={forwarded}");
+    assert!(handoffs > 0.0);
+    assert!(
+        forwarded > 0.0,
+        "handed-off connections' datagrams must be forwarded"
+    );
+}
+
+/// Runs the ordering scenario; returns (handoffs, forwarded datagrams) from /metrics.
+fn ordered_stream(flags: &[&str]) -> (f64, f64) {
+    let server = Server::start("order", flags);
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for i in 0..8 {
@@ -147,19 +168,17 @@ fn participants_on_different_shards_see_one_ordered_stream() {
     }
     // Connections from many source ports landed on both shards and were handed to the owner.
     let metrics = server.metrics();
-    if metrics.contains("mc_connection_handoffs_total") {
-        let handoffs: f64 = metrics
+    let total = |name: &str| -> f64 {
+        metrics
             .lines()
-            .filter(|l| l.starts_with("mc_connection_handoffs_total{"))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        let forwarded: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("mc_datagrams_forwarded_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        eprintln!("handoffs={handoffs} forwarded_datagrams={forwarded}");
-    }
+            .sum()
+    };
+    (
+        total("mc_connection_handoffs_total"),
+        total("mc_datagrams_forwarded_total"),
+    )
 }
 
 #[test]

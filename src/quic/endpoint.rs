@@ -699,9 +699,11 @@ impl Endpoint {
         for cid in old {
             self.cids.insert(cid, id);
         }
-        // Issue CIDs that name this shard and retire the old ones, so the client's packets
-        // name their owner from now on.
-        for _ in 0..2 {
+        // Issue CIDs that name this shard, as many as the peer accepts, so every older CID is
+        // retired (RETIRE_PRIOR_TO) and the client's packets name their owner from now on;
+        // the kernel steering program then delivers them here directly.
+        let fresh = (entry.conn.scids_left() + entry.conn.active_scids()).clamp(1, 8);
+        for _ in 0..fresh {
             let cid = self.fresh_cid();
             let mut token = [0u8; 16];
             rand::thread_rng().fill_bytes(&mut token);

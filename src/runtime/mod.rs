@@ -5,6 +5,7 @@ pub mod cpus;
 pub mod executor;
 pub mod latency;
 pub mod link;
+pub mod steering;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct RuntimeConfig {
     pub core: ShardConfig,
     /// Capacity of each control mailbox.
     pub control_mailbox: usize,
+    /// Attach the kernel CID-steering program to the socket group.
+    pub cid_steering: bool,
 }
 
 /// Why the runtime did not start.
@@ -123,6 +126,14 @@ pub fn start(
             addr: local_addr,
             source,
         })?);
+    }
+    if n > 1 && cfg.cid_steering {
+        match steering::attach(&sockets[0]) {
+            Ok(()) => tracing::info!("reuseport steering by connection ID attached"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reuseport steering unavailable; datagrams are spread by 4-tuple and forwarded between shards")
+            }
+        }
     }
     // Validate the TLS material once, on this thread, for a clear startup error.
     let mut probe = cfg.endpoint.clone();

@@ -77,12 +77,19 @@ browser.on("exit", (code) => finish({ ok: false, error: `chromium exited with ${
 const timer = setTimeout(() => finish({ ok: false, error: `no result within ${timeoutMs / 1000}s` }), timeoutMs);
 const result = await done;
 clearTimeout(timer);
-browser.removeAllListeners("exit");
-browser.kill("SIGKILL");
-http.close();
-rmSync(profile, { recursive: true, force: true });
-
 console.log(JSON.stringify(result, null, 2));
+browser.removeAllListeners("exit");
+if (browser.exitCode === null) {
+  const exited = new Promise((r) => browser.once("exit", r));
+  browser.kill("SIGKILL");
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+}
+http.close();
+try {
+  rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+} catch (e) {
+  console.error(`could not remove ${profile}: ${e.message}`);
+}
 if (!result.ok) {
   if (process.env.MC_BROWSER_LOG) console.error(browserLog);
   process.exit(1);

@@ -27,7 +27,7 @@ from typing import Optional
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import (
     DataReceived,
     H3Event,
@@ -95,6 +95,11 @@ class WebTransportClient(QuicConnectionProtocol):
     def open_stream(self) -> int:
         assert self.session_id is not None
         self.stream_id = self.h3.create_webtransport_stream(self.session_id, is_unidirectional=False)
+        # aioquic marks only peer-opened bidirectional streams as WebTransport; without this it
+        # parses the server's payload on our own stream as HTTP/3 frames.
+        with self.h3._get_or_create_stream(self.stream_id) as stream:
+            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+            stream.session_id = self.session_id
         self.transmit()
         return self.stream_id
 

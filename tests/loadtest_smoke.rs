@@ -3,8 +3,8 @@
 //! on shared CI machines.
 //!
 //! The `mc-loadtest` binary belongs to another workspace member, so cargo does not build it for
-//! this test; it is looked up next to the test's own target directory and built with
-//! `cargo build -p mc-loadtest` (same profile and target directory) when missing.
+//! this test; the test runs `cargo build -p mc-loadtest` with its own profile and target
+//! directory (a no-op when up to date) and uses the binary next to its own.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -24,13 +24,16 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of `mc-loadtest`, built on demand.
+/// Path of `mc-loadtest`, (re)built with `cargo build` so that a stale binary is never used
+/// (a no-op when it is up to date).
 fn loadtest_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_loadtest).clone()
+}
+
+fn build_loadtest() -> PathBuf {
     let dir = profile_dir();
     let bin = dir.join(format!("mc-loadtest{}", std::env::consts::EXE_SUFFIX));
-    if bin.is_file() {
-        return bin;
-    }
     let target = dir.parent().expect("target dir").to_path_buf();
     let profile = dir
         .file_name()

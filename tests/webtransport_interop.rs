@@ -35,7 +35,9 @@ fn make_cert() -> Cert {
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + Duration::from_secs(10 * 24 * 3600)).into();
     let cert = params.self_signed(&key).unwrap();
-    let dir = std::env::temp_dir().join(format!("mc-wt-interop-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("mc-wt-interop-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
@@ -334,13 +336,8 @@ fn serve(socket: UdpSocket, mut config: quiche::Config, stop: Arc<AtomicBool>) {
         }
         for c in conns.values_mut() {
             c.flush();
-            loop {
-                match c.quic.send(&mut out) {
-                    Ok((n, info)) => {
-                        let _ = socket.send_to(&out[..n], info.to);
-                    }
-                    Err(_) => break,
-                }
+            while let Ok((n, info)) = c.quic.send(&mut out) {
+                let _ = socket.send_to(&out[..n], info.to);
             }
         }
         conns.retain(|_, c| !c.quic.is_closed());
@@ -398,14 +395,19 @@ fn aioquic_joins_over_webtransport() {
     assert!(stdout.contains("PASS"), "{stdout}");
 }
 
+/// Manual use: `MC_WT_SERVE_SECS=60 cargo test --test webtransport_interop -- --ignored
+/// --nocapture serve_harness` prints a port and certificate hash to point a browser or
+/// `tests/interop/wt_client.py` at. Does nothing without the variable.
 #[test]
 #[ignore = "manual: serves the harness for MC_WT_SERVE_SECS seconds"]
 fn serve_harness() {
-    let h = start_harness();
-    println!("port {} hash {}", h.addr.port(), h.cert.sha256_hex);
-    let secs = std::env::var("MC_WT_SERVE_SECS")
+    let Some(secs) = std::env::var("MC_WT_SERVE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    else {
+        return;
+    };
+    let h = start_harness();
+    println!("port {} hash {}", h.addr.port(), h.cert.sha256_hex);
     thread::sleep(Duration::from_secs(secs));
 }

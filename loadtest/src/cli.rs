@@ -296,7 +296,7 @@ impl Args {
         if matches!(self.scenario, Scenario::Meetings | Scenario::Churn) && self.meetings == 0 {
             return bad("--meetings must be at least 1");
         }
-        if !(rate.is_finite() && rate >= 0.0 && rate <= 100_000.0) {
+        if !(rate.is_finite() && (0.0..=100_000.0).contains(&rate)) {
             return bad("--rate must be between 0 and 100000 messages per second");
         }
         if !(self.sender_fraction.is_finite() && (0.0..=1.0).contains(&self.sender_fraction)) {
@@ -426,7 +426,7 @@ mod tests {
             &["--threads", "0"],
             &["--participants", "0"],
             &["--sender-fraction", "1.5"],
-            &["--rate", "-1"],
+            &["--rate=-1"],
             &["--meeting-prefix", "a b"],
             &["--metrics-url", "https://x/metrics"],
             &["--signing-key", "k.pem", "--kid", ""],

@@ -12,20 +12,20 @@ pub fn raise_nofile(needed: u64) -> std::io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let cur = lim.rlim_cur as u64;
-    let max = lim.rlim_max as u64;
+    let cur = lim.rlim_cur;
+    let max = lim.rlim_max;
     if cur >= needed {
         return Ok(cur);
     }
     let want = libc::rlimit {
-        rlim_cur: needed.min(max) as libc::rlim_t,
+        rlim_cur: needed.min(max),
         rlim_max: lim.rlim_max,
     };
     // Privileged processes may raise the hard limit too.
     if needed > max {
         let raised = libc::rlimit {
-            rlim_cur: needed as libc::rlim_t,
-            rlim_max: needed as libc::rlim_t,
+            rlim_cur: needed,
+            rlim_max: needed,
         };
         // SAFETY: `raised` is a valid rlimit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
@@ -36,7 +36,7 @@ pub fn raise_nofile(needed: u64) -> std::io::Result<u64> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(want.rlim_cur as u64)
+    Ok(want.rlim_cur)
 }
 
 #[cfg(test)]

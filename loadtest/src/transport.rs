@@ -88,7 +88,7 @@ impl TransportKind {
     /// A fresh, not yet ready, signaling stream for one connection.
     pub fn open(self, _ctx: &StreamContext) -> Box<dyn SignalingStream> {
         match self {
-            TransportKind::Quic => Box::new(QuicStream0::default()),
+            TransportKind::Quic => Box::new(QuicStream0),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::core::router::{encode_cid, shard_of_cid, CID_LEN};
 use crate::core::shard::{Action, HandoffJoin, Now, Shard, ShardEvent};
 use crate::runtime::latency::LatencyRecorder;
 use crate::runtime::link::{ControlMsg, ShardReply, ShardRequest, ShardSnapshot};
+use crate::webtransport::{H3Config, H3Event, H3Server};
 
 /// ALPN of native QUIC signaling.
 pub const ALPN_MC: &[u8] = b"mc/1";
@@ -118,7 +119,9 @@ impl PeerMsg {
 pub struct Handoff {
     id: ConnId,
     entry: ConnEntry,
-    join: HandoffJoin,
+    /// The verified join (native QUIC), or `None` for a WebTransport session handed over at
+    /// its CONNECT, before any signaling.
+    join: Option<HandoffJoin>,
 }
 
 enum App {
@@ -128,16 +131,16 @@ enum App {
     Wt(Box<WtApp>),
 }
 
-#[allow(dead_code)] // filled in when WebTransport sessions are wired to the core
 struct WtApp {
-    /// Session stream id of the accepted session.
+    h3: H3Server,
+    /// Session (CONNECT stream id) of the accepted session.
     session: Option<u64>,
-    /// The WT bidi stream carrying signaling.
+    /// The WebTransport bidirectional stream carrying signaling.
     stream: Option<u64>,
-    /// Pending control-stream writes the transport could not take yet.
+    /// Transmits the transport could not take yet, in order.
     pending: VecDeque<(u64, Vec<u8>, bool)>,
-    /// Session announced to the core but not yet accepted (waiting for handoff).
-    requested: Option<(u64, String)>,
+    /// A session requested on another shard, to accept once the connection arrives here.
+    requested: Option<u64>,
 }
 
 struct ConnEntry {
@@ -473,7 +476,12 @@ impl Endpoint {
             e.opened = true;
             self.stats.handshakes += 1;
             if e.conn.application_proto() == ALPN_H3 {
+                let h3 = H3Server::new(H3Config {
+                    allowed_origins: self.cfg.allowed_origins.clone(),
+                    ..H3Config::default()
+                });
                 e.app = App::Wt(Box::new(WtApp {
+                    h3,
                     session: None,
                     stream: None,
                     pending: VecDeque::new(),
@@ -504,6 +512,15 @@ impl Endpoint {
                 };
                 let (n, fin) = match e.conn.stream_recv(sid, &mut buf) {
                     Ok(v) => v,
+                    Err(quiche::Error::StreamReset(_)) => {
+                        if let App::Wt(wt) = &mut e.app {
+                            if let Err(err) = wt.h3.on_stream_reset(sid) {
+                                let _ = e.conn.close(true, err.code.0, err.reason.as_bytes());
+                            }
+                            self.drain_h3(id, t);
+                        }
+                        break;
+                    }
                     Err(_) => break,
                 };
                 match &mut e.app {
@@ -528,10 +545,12 @@ impl Endpoint {
                             let _ = e.conn.stream_shutdown(sid, quiche::Shutdown::Read, 0x101);
                         }
                     }
-                    App::Wt(_) => {
-                        // HTTP/3 is negotiated but WebTransport is not wired in yet.
-                        let _ = e.conn.close(true, 0x0101, b"webtransport unavailable");
-                        break;
+                    App::Wt(wt) => {
+                        if let Err(err) = wt.h3.on_stream_data(sid, &buf[..n], fin) {
+                            let _ = e.conn.close(true, err.code.0, err.reason.as_bytes());
+                            break;
+                        }
+                        self.drain_h3(id, t);
                     }
                 }
                 if n == 0 || fin {
@@ -541,7 +560,122 @@ impl Endpoint {
         }
     }
 
-    fn drain_h3(&mut self, _id: ConnId, _t: Now) {}
+    /// Writes what HTTP/3 wants written and acts on its events.
+    fn drain_h3(&mut self, id: ConnId, t: Now) {
+        loop {
+            let Some(e) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let App::Wt(wt) = &mut e.app else {
+                return;
+            };
+            while let Some(tx) = wt.h3.poll_transmit() {
+                wt.pending.push_back((tx.stream_id, tx.data, tx.fin));
+            }
+            while let Some((sid, data, fin)) = wt.pending.pop_front() {
+                match e.conn.stream_send(sid, &data, fin) {
+                    Ok(n) if n == data.len() => {}
+                    Ok(n) => {
+                        wt.pending.push_front((sid, data[n..].to_vec(), fin));
+                        break;
+                    }
+                    Err(quiche::Error::Done) => {
+                        wt.pending.push_front((sid, data, fin));
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+            // Datagrams are not part of signaling: discard what arrives.
+            let mut scratch = [0u8; 64];
+            while e.conn.dgram_recv(&mut scratch).is_ok() {}
+            let Some(ev) = wt.h3.poll_event() else {
+                return;
+            };
+            tracing::debug!(shard = %self.cfg.shard, conn = %id, event = ?ev, "http/3 event");
+            match ev {
+                H3Event::SessionRequested {
+                    session_id,
+                    meeting_id,
+                    ..
+                } => {
+                    if wt.session.is_some() {
+                        wt.h3.reject_session(session_id, 429);
+                        continue;
+                    }
+                    if self.core.is_draining() {
+                        wt.h3.reject_session(session_id, 503);
+                        continue;
+                    }
+                    wt.session = Some(session_id);
+                    let owner = crate::core::router::Router::new(self.cfg.shard_count)
+                        .shard_for(&meeting_id);
+                    if owner == self.cfg.shard {
+                        wt.h3.accept_session(session_id);
+                    } else {
+                        // Move the connection to the meeting's shard before any signaling;
+                        // that shard accepts the session.
+                        wt.requested = Some(session_id);
+                        self.hand_off_early(id, owner, t);
+                        return;
+                    }
+                }
+                H3Event::StreamData {
+                    session_id,
+                    stream_id,
+                    data,
+                    fin,
+                } => {
+                    if wt.session != Some(session_id) {
+                        continue;
+                    }
+                    match wt.stream {
+                        None => wt.stream = Some(stream_id),
+                        Some(s) if s != stream_id => {
+                            // One signaling stream per session.
+                            let _ =
+                                e.conn
+                                    .stream_shutdown(stream_id, quiche::Shutdown::Read, 0x101);
+                            let _ =
+                                e.conn
+                                    .stream_shutdown(stream_id, quiche::Shutdown::Write, 0x101);
+                            continue;
+                        }
+                        Some(_) => {}
+                    }
+                    let started = Instant::now();
+                    self.core.handle_stream_data(id, &data, t);
+                    self.lat[2].record(started.elapsed(), started);
+                    if fin {
+                        self.close_conn(id, 0, b"stream finished");
+                    }
+                }
+                H3Event::SessionClosed { .. } => {
+                    self.close_conn(id, 0, b"session closed");
+                }
+                H3Event::ResetStream { stream_id, code } => {
+                    let _ = e
+                        .conn
+                        .stream_shutdown(stream_id, quiche::Shutdown::Read, code.0);
+                    if stream_id & 0x2 == 0 {
+                        let _ = e
+                            .conn
+                            .stream_shutdown(stream_id, quiche::Shutdown::Write, code.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a connection to `to` before it joined (WebTransport CONNECT for a foreign meeting).
+    fn hand_off_early(&mut self, id: ConnId, to: ShardId, t: Now) {
+        // The core knows the connection only as one awaiting its join: forget it here.
+        self.core.handle_connection_closed(id, t);
+        let Some(entry) = self.conns.remove(&id) else {
+            return;
+        };
+        self.move_out(id, to, entry, None);
+    }
 
     fn close_conn(&mut self, id: ConnId, code: u64, reason: &[u8]) {
         if let Some(e) = self.conns.get_mut(&id) {
@@ -647,6 +781,10 @@ impl Endpoint {
         let Some(entry) = self.conns.remove(&id) else {
             return;
         };
+        self.move_out(id, to, entry, Some(join));
+    }
+
+    fn move_out(&mut self, id: ConnId, to: ShardId, entry: ConnEntry, join: Option<HandoffJoin>) {
         let expires = Instant::now() + MOVED_TTL;
         self.cids.retain(|cid, c| {
             if *c == id {
@@ -719,9 +857,21 @@ impl Endpoint {
                 self.cids.insert(cid.to_vec(), id);
             }
         }
+        if let App::Wt(wt) = &mut entry.app {
+            if let Some(session) = wt.requested.take() {
+                if self.core.is_draining() {
+                    wt.h3.reject_session(session, 503);
+                } else {
+                    wt.h3.accept_session(session);
+                }
+            }
+        }
         self.conns.insert(id, entry);
         let t = now();
-        self.core.handle_adopted(id, join, t);
+        match join {
+            Some(join) => self.core.handle_adopted(id, join, t),
+            None => self.core.handle_connection_opened(id, t),
+        }
         // A WebTransport session accepted before the handoff: nothing else to do; its
         // stream bytes arrive with the connection's next packets.
         self.after_io(id);

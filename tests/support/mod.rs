@@ -1,6 +1,8 @@
 //! Test support: start the real `mc` binary and talk to it with a blocking quiche client.
 #![allow(dead_code)]
 
+pub mod wt;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ if [ "${MC_BOOTSTRAP_TEST_TOOLS:-0}" = 1 ]; then
   command -v yamllint >/dev/null || need_apt+=(yamllint)
   command -v chromium >/dev/null || need_apt+=(chromium)
   command -v node >/dev/null || need_apt+=(nodejs npm)
-  python3 -c 'import venv' 2>/dev/null || need_apt+=(python3-venv)
+  python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]}"

@@ -294,12 +294,12 @@ fn glommio_round_trips(iters: u64) -> Result<Duration, String> {
     Ok(elapsed)
 }
 
-criterion_group!(
-    benches,
-    codec_benches,
-    token_benches,
-    router_benches,
-    fanout_benches,
-    hop_benches
-);
+criterion_group! {
+    name = benches;
+    // Short runs: the suite must finish in a few minutes on a 2-core machine.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
+    targets = codec_benches, token_benches, router_benches, fanout_benches, hop_benches
+}
 criterion_main!(benches);

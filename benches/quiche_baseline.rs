@@ -276,5 +276,9 @@ fn baseline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, baseline);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1));
+    targets = baseline
+}
 criterion_main!(benches);

@@ -2,7 +2,10 @@
 // Runs tests/browser/join.html in headless Chromium against a running meeting controller.
 //
 //   node tests/browser/run.mjs --url https://localhost:4433/meetings/m1 --hash <cert sha-256> \
-//        --token <jwt> --token2 <jwt> [--chromium /usr/bin/chromium] [--timeout 30]
+//        --token <jwt> [--token2 <jwt>] [--chromium /usr/bin/chromium] [--timeout 30]
+//
+// Without --token2 the page joins alone and expects a participant already in the meeting
+// (e.g. a native QUIC client) to be in its roster and to send it a `message`.
 //
 // No npm packages: a local HTTP server on 127.0.0.1 serves the page (a secure context, as
 // WebTransport requires) and receives the page's JSON result by POST. Exit code 0 on PASS, 1 on
@@ -24,7 +27,7 @@ for (let i = 0; i < argv.length; i++) {
   }
   args[argv[i].slice(2)] = argv[++i];
 }
-for (const need of ["url", "token", "token2"]) {
+for (const need of ["url", "token"]) {
   if (!args[need]) {
     console.error(`missing --${need}`);
     process.exit(64);
@@ -58,7 +61,7 @@ const http = createServer((req, res) => {
 await new Promise((r) => http.listen(0, "127.0.0.1", r));
 const port = http.address().port;
 
-const q = new URLSearchParams({ url: args.url, token: args.token, token2: args.token2,
+const q = new URLSearchParams({ url: args.url, token: args.token, token2: args.token2 || "",
   report: `http://127.0.0.1:${port}/result` });
 if (args.hash) q.set("hash", args.hash);
 if (args.meeting) q.set("meeting", args.meeting);

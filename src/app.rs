@@ -161,6 +161,7 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
             join_timeout: cfg.join_timeout,
             max_participants_per_meeting: cfg.max_participants_per_meeting,
             max_meetings: per_shard_meetings,
+            max_participants: cfg.max_participants.div_ceil(shards).max(1),
             gc_mode: cfg.gc_url.is_some(),
             rate_limit: cfg.rate_limit,
             rate_burst: cfg.rate_burst,

@@ -12,6 +12,7 @@ mod plot;
 mod report;
 mod run;
 mod stats;
+mod timer;
 mod transport;
 mod worker;
 

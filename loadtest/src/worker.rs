@@ -28,6 +28,7 @@ use crate::cli::{Scenario, Settings};
 use crate::clock::Clock;
 use crate::plan::{display_name, parse_display_name, ParticipantPlan, Timeline};
 use crate::stats::{record, Counters, ErrorCounts, Latencies, Tick};
+use crate::timer::TimerFd;
 use crate::transport::{SignalingStream, StreamContext, StreamError};
 
 /// Length of the connection IDs this client chooses (packets are routed back by them).
@@ -40,6 +41,8 @@ const BACKLOG_LIMIT: usize = 4 << 20;
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for connections to close at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Event-loop token of the deadline timer (sockets use their index).
+const TIMER_TOKEN: Token = Token(usize::MAX);
 /// quiche timers further away than this are re-checked at this interval instead, which keeps the
 /// heap free of long-lived stale entries.
 const TIMER_HORIZON: Duration = Duration::from_secs(1);
@@ -276,6 +279,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
     let mut config = quiche_config(&settings)?;
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
+    let mut timer = TimerFd::new(poll.registry(), TIMER_TOKEN)?;
 
     let total_secs = (timeline.drain_end + Duration::from_secs(3600)).as_secs();
     let mut ctx = Ctx {
@@ -408,18 +412,29 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             });
         }
 
-        let mut wait = next_tick.saturating_duration_since(now);
+        // The timerfd wakes the loop at the next deadline; the poll timeout is only a backstop
+        // (and bounds how late the stop flag is noticed).
+        let mut deadline = next_tick.min(now + Duration::from_millis(50));
         if let Some(Reverse((at, _, _))) = ctx.heap.peek() {
-            wait = wait.min(at.saturating_duration_since(now));
+            deadline = deadline.min(*at);
         }
-        wait = wait.min(Duration::from_millis(50));
-        match poll.poll(&mut events, Some(wait)) {
+        let wait = if deadline <= now {
+            Some(Duration::ZERO)
+        } else {
+            timer.arm(deadline, now)?;
+            Some(Duration::from_millis(60))
+        };
+        match poll.poll(&mut events, wait) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
         let now = Instant::now();
         for event in &events {
+            if event.token() == TIMER_TOKEN {
+                timer.acknowledge();
+                continue;
+            }
             let s = event.token().0;
             if event.is_readable() {
                 read_socket(&mut ctx, &mut parts, &mut socks, s, &mut bufs.recv);

@@ -78,6 +78,8 @@ pub struct ShardConfig {
     pub max_participants_per_meeting: usize,
     /// Meetings this shard may hold.
     pub max_meetings: usize,
+    /// Participants this shard may hold (its share of `--max-participants`).
+    pub max_participants: usize,
     /// GC mode: joins need a prior assignment.
     pub gc_mode: bool,
     /// Sustained messages per second per connection.
@@ -103,6 +105,7 @@ impl ShardConfig {
             join_timeout: Duration::from_secs(10),
             max_participants_per_meeting: 1000,
             max_meetings: 100_000,
+            max_participants: 1_000_000,
             gc_mode: false,
             rate_limit: 100.0,
             rate_burst: 200.0,
@@ -1041,6 +1044,18 @@ impl Shard {
                 request_id,
                 close_code::CAPACITY,
                 "draining",
+            );
+            return;
+        }
+        if self.participant_count() >= self.cfg.max_participants {
+            self.count_join("capacity_exceeded");
+            self.reject(
+                conn,
+                ErrorCode::CapacityExceeded,
+                "controller is at participant capacity",
+                request_id,
+                close_code::CAPACITY,
+                "capacity",
             );
             return;
         }

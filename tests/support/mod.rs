@@ -328,13 +328,8 @@ impl Client {
     }
 
     fn flush(&mut self) {
-        loop {
-            match self.conn.send(&mut self.out) {
-                Ok((n, info)) => {
-                    let _ = self.sock.send_to(&self.out[..n], info.to);
-                }
-                Err(_) => break,
-            }
+        while let Ok((n, info)) = self.conn.send(&mut self.out) {
+            let _ = self.sock.send_to(&self.out[..n], info.to);
         }
     }
 

@@ -6,6 +6,9 @@
 //! one pre-encoded frame on stream 0 of each of the `n` receivers, and every receiver reads it.
 //! Throughput is deliveries (`n` per iteration).
 //!
+//! `quiche_handshake` measures connection setup the same way (TLS 1.3 handshake and the first
+//! stream frame), the baseline for `join-storm`.
+//!
 //! Two views of the same work:
 //! * `both_ends` — all QUIC work of a delivery, client and server, on one core;
 //! * `server_side` — only the time spent in the server connections' calls (`stream_send`,
@@ -139,10 +142,20 @@ fn read_all(conn: &mut quiche::Connection, buf: &mut [u8]) -> usize {
 }
 
 fn new_pair(i: u32, client_cfg: &mut quiche::Config, server_cfg: &mut quiche::Config) -> Pair {
-    let client_addr: SocketAddr = format!("10.0.{}.{}:5000", i / 250, i % 250 + 1)
-        .parse()
-        .expect("addr");
-    let server_addr: SocketAddr = "10.1.0.1:4433".parse().expect("addr");
+    handshake(i, client_cfg, server_cfg).0
+}
+
+/// A connected pair with stream 0 open, and the time its server side spent.
+fn handshake(
+    i: u32,
+    client_cfg: &mut quiche::Config,
+    server_cfg: &mut quiche::Config,
+) -> (Pair, Duration) {
+    let client_addr: SocketAddr =
+        format!("10.{}.{}.{}:5000", i >> 16 & 0xff, i >> 8 & 0xff, i & 0xff)
+            .parse()
+            .expect("addr");
+    let server_addr: SocketAddr = "192.168.0.1:4433".parse().expect("addr");
     let mut ccid = [0u8; 16];
     let mut scid = [0u8; 16];
     ccid[..4].copy_from_slice(&i.to_be_bytes());
@@ -156,6 +169,7 @@ fn new_pair(i: u32, client_cfg: &mut quiche::Config, server_cfg: &mut quiche::Co
         client_cfg,
     )
     .expect("connect");
+    let started = Instant::now();
     let server = quiche::accept(
         &quiche::ConnectionId::from_ref(&scid),
         None,
@@ -164,6 +178,7 @@ fn new_pair(i: u32, client_cfg: &mut quiche::Config, server_cfg: &mut quiche::Co
         server_cfg,
     )
     .expect("accept");
+    let mut server_time = started.elapsed();
     let mut pair = Pair {
         client,
         server,
@@ -171,18 +186,19 @@ fn new_pair(i: u32, client_cfg: &mut quiche::Config, server_cfg: &mut quiche::Co
         server_addr,
     };
     let mut buf = vec![0u8; 65536];
-    let mut ignored = Duration::ZERO;
     while !(pair.client.is_established() && pair.server.is_established()) {
-        drive(&mut pair, &mut buf, &mut ignored);
+        drive(&mut pair, &mut buf, &mut server_time);
     }
-    // Open stream 0 the way a client does: with its join.
+    // Open stream 0 the way a client does: with its first frame.
     let hello = codec::encode(&ClientMessage::Leave {});
     pair.client
         .stream_send(STREAM, &hello, false)
         .expect("open stream 0");
-    drive(&mut pair, &mut buf, &mut ignored);
+    drive(&mut pair, &mut buf, &mut server_time);
+    let started = Instant::now();
     read_all(&mut pair.server, &mut buf);
-    pair
+    server_time += started.elapsed();
+    (pair, server_time)
 }
 
 /// One message in, `n` frames out; returns the server-side time.
@@ -273,6 +289,30 @@ fn baseline(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // Connection setup: TLS 1.3 handshake plus the first stream frame, in memory.
+    let mut g = c.benchmark_group("quiche_handshake");
+    g.measurement_time(Duration::from_secs(3));
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(1));
+    let mut next = 10_000u32;
+    g.bench_function("both_ends", |b| {
+        b.iter(|| {
+            next += 1;
+            handshake(next, &mut client_cfg, &mut server_cfg).0
+        })
+    });
+    g.bench_function("server_side", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                next += 1;
+                total += handshake(next, &mut client_cfg, &mut server_cfg).1;
+            }
+            total
+        })
+    });
     g.finish();
 }
 

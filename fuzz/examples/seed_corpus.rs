@@ -54,7 +54,8 @@ fn frames(dir: &Path, signer: &TokenSigner) {
         request_id: None,
         resume: Some(ResumeRequest {
             participant_id: "p0-1".into(),
-            binding_token: "AQAAAAAAAAAqAAABi8_l3TAH9JZbV9XbC_G5Y1j6Irp0ZQu_vCk-gQaiN_ZyGfc04Q".into(),
+            binding_token: "AQAAAAAAAAAqAAABi8_l3TAH9JZbV9XbC_G5Y1j6Irp0ZQu_vCk-gQaiN_ZyGfc04Q"
+                .into(),
         }),
     };
     let msgs = [
@@ -68,7 +69,13 @@ fn frames(dir: &Path, signer: &TokenSigner) {
             },
         ),
         ("ping", ClientMessage::Ping { id: 42 }),
-        ("mute", ClientMessage::Mute { audio: true, video: false }),
+        (
+            "mute",
+            ClientMessage::Mute {
+                audio: true,
+                video: false,
+            },
+        ),
         (
             "host_mute",
             ClientMessage::HostMute {
@@ -77,7 +84,12 @@ fn frames(dir: &Path, signer: &TokenSigner) {
                 video: true,
             },
         ),
-        ("kick", ClientMessage::Kick { participant_id: "p0-3".into() }),
+        (
+            "kick",
+            ClientMessage::Kick {
+                participant_id: "p0-3".into(),
+            },
+        ),
         ("leave", ClientMessage::Leave {}),
         ("end_meeting", ClientMessage::EndMeeting {}),
     ];
@@ -128,10 +140,26 @@ fn tokens(dir: &Path, signer: &TokenSigner) {
         NOW + 3600
     );
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("valid-host", with(NOW, 0, &token(signer, "m-1", Role::Host, None))),
-        ("valid-jti", with(NOW, 0, &token(signer, "m-1", Role::Participant, Some("j-1")))),
-        ("expired", with(NOW + 7200, 0, &token(signer, "m-1", Role::Host, None))),
-        ("wrong-meeting", with(NOW, 1, &token(signer, "m-1", Role::Host, None))),
+        (
+            "valid-host",
+            with(NOW, 0, &token(signer, "m-1", Role::Host, None)),
+        ),
+        (
+            "valid-jti",
+            with(
+                NOW,
+                0,
+                &token(signer, "m-1", Role::Participant, Some("j-1")),
+            ),
+        ),
+        (
+            "expired",
+            with(NOW + 7200, 0, &token(signer, "m-1", Role::Host, None)),
+        ),
+        (
+            "wrong-meeting",
+            with(NOW, 1, &token(signer, "m-1", Role::Host, None)),
+        ),
         (
             "nbf",
             with(
@@ -145,11 +173,23 @@ fn tokens(dir: &Path, signer: &TokenSigner) {
         ),
         (
             "alg-none",
-            with(NOW, 0, &format!("{}.{}.", b64(r#"{"alg":"none","kid":"fuzz-1"}"#), b64(&claims))),
+            with(
+                NOW,
+                0,
+                &format!(
+                    "{}.{}.",
+                    b64(r#"{"alg":"none","kid":"fuzz-1"}"#),
+                    b64(&claims)
+                ),
+            ),
         ),
         (
             "unknown-kid",
-            with(NOW, 0, &signer.sign_raw(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims)),
+            with(
+                NOW,
+                0,
+                &signer.sign_raw(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims),
+            ),
         ),
         (
             "crit",
@@ -221,7 +261,13 @@ fn quic_packets(dir: &Path) {
                 )
                 .unwrap()
             });
-            let _ = s.recv(&mut buf[..len], quiche::RecvInfo { from: caddr, to: saddr });
+            let _ = s.recv(
+                &mut buf[..len],
+                quiche::RecvInfo {
+                    from: caddr,
+                    to: saddr,
+                },
+            );
         }
         if let Some(s) = server.as_mut() {
             while let Ok((len, _)) = s.send(&mut buf) {
@@ -229,7 +275,13 @@ fn quic_packets(dir: &Path) {
                 let mut seed = vec![1u8];
                 seed.extend_from_slice(&buf[..len]);
                 write(dir, "cid_router", &format!("s2c-{n_pkt:02}"), &seed);
-                let _ = client.recv(&mut buf[..len], quiche::RecvInfo { from: saddr, to: caddr });
+                let _ = client.recv(
+                    &mut buf[..len],
+                    quiche::RecvInfo {
+                        from: saddr,
+                        to: caddr,
+                    },
+                );
             }
         }
         if client.is_established() && !sent_join {
@@ -258,7 +310,10 @@ fn quic_packets(dir: &Path) {
 /// The client side of a WebTransport session, as `h3_server` records.
 fn h3_sessions(dir: &Path, signer: &TokenSigner) {
     fn record(out: &mut Vec<u8>, op: u8, stream: u64, data: &[u8]) {
-        for chunk in data.chunks(u16::MAX as usize).chain(data.is_empty().then_some(&[][..])) {
+        for chunk in data
+            .chunks(u16::MAX as usize)
+            .chain(data.is_empty().then_some(&[][..]))
+        {
             out.push(op);
             out.push(stream as u8);
             out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());

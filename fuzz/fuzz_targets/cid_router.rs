@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(dcid.len(), CID_LEN);
             assert_eq!(dcid[0], CID_LEN as u8 - 1);
             assert!(s.0 < shards);
-            assert_eq!(steered, u32::from(s.0), "kernel steering disagrees with the router");
+            assert_eq!(
+                steered,
+                u32::from(s.0),
+                "kernel steering disagrees with the router"
+            );
         } else if steered < u32::from(shards) && dcid.len() == CID_LEN {
             // The kernel picked a valid shard for a CID the router does not claim: only fine
             // for packets the program could not read fully (it then returns 0).
@@ -74,7 +78,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(shard_of_cid(&cid, shards), Some(shard));
         let mut short = vec![0x40];
         short.extend_from_slice(&cid);
-        assert_eq!(run_cbpf(&mc::runtime::steering::program(), &short), u32::from(shard.0));
+        assert_eq!(
+            run_cbpf(&mc::runtime::steering::program(), &short),
+            u32::from(shard.0)
+        );
     }
     if let Ok(id) = std::str::from_utf8(pkt) {
         assert!(Router::new(shards).shard_for_str(id).0 < shards);

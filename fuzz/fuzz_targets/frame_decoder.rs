@@ -41,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
     let mut off = 0;
     let mut i = 0;
     'outer: while off < stream.len() {
-        let len = lens.get(i % lens.len().max(1)).map_or(stream.len(), |l| usize::from(*l).max(1));
+        let len = lens
+            .get(i % lens.len().max(1))
+            .map_or(stream.len(), |l| usize::from(*l).max(1));
         i += 1;
         let end = (off + len).min(stream.len());
         d.push(&stream[off..end]);
@@ -49,7 +51,11 @@ fuzz_target!(|data: &[u8]| {
         loop {
             match d.next_frame() {
                 Ok(Some(f)) => {
-                    assert!(!f.is_empty() && f.len() <= MAX_FRAME_LEN, "frame of {} bytes", f.len());
+                    assert!(
+                        !f.is_empty() && f.len() <= MAX_FRAME_LEN,
+                        "frame of {} bytes",
+                        f.len()
+                    );
                     frames.push(f.to_vec());
                 }
                 Ok(None) => break,
@@ -72,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(msg) = codec::decode_client(f) {
             let again = codec::encode(&msg);
             let len = u32::from_be_bytes([again[0], again[1], again[2], again[3]]) as usize;
-            assert_eq!(len, again.len() - HEADER_LEN, "length prefix of our own frame");
+            assert_eq!(
+                len,
+                again.len() - HEADER_LEN,
+                "length prefix of our own frame"
+            );
             let back = codec::decode_client(&again[HEADER_LEN..]).expect("own encoding decodes");
             assert_eq!(back, msg, "encode/decode round trip");
         }

@@ -73,7 +73,11 @@ fuzz_target!(|data: &[u8]| {
                     assert!(is_client_initiated(session_id) && is_bidi(session_id));
                     requested.push(session_id);
                 }
-                H3Event::StreamData { session_id, stream_id, .. } => {
+                H3Event::StreamData {
+                    session_id,
+                    stream_id,
+                    ..
+                } => {
                     assert!(is_client_initiated(stream_id) && is_bidi(stream_id));
                     assert!(is_bidi(session_id));
                 }

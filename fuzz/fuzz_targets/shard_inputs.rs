@@ -36,28 +36,69 @@ const START_UNIX_MS: u64 = 1_800_000_000_000;
 #[derive(Arbitrary, Debug)]
 enum Msg {
     Leave,
-    Mute { audio: bool, video: bool },
-    Message { to: Option<Vec<u8>>, size: u16 },
+    Mute {
+        audio: bool,
+        video: bool,
+    },
+    Message {
+        to: Option<Vec<u8>>,
+        size: u16,
+    },
     Ping(u64),
-    HostMute { target: u8, audio: bool, video: bool },
-    Kick { target: u8 },
+    HostMute {
+        target: u8,
+        audio: bool,
+        video: bool,
+    },
+    Kick {
+        target: u8,
+    },
     EndMeeting,
-    JoinAgain { meeting: u8 },
+    JoinAgain {
+        meeting: u8,
+    },
     Unknown,
 }
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Open { slot: u8 },
-    Join { slot: u8, meeting: u8, host: bool, name: u8, in_same_write: Option<Msg> },
-    Resume { slot: u8, of: u8, spent: bool, other_user: bool },
-    Send { slot: u8, msg: Msg },
-    Raw { slot: u8, bytes: Vec<u8> },
-    Close { slot: u8 },
-    Advance { ms: u16 },
+    Open {
+        slot: u8,
+    },
+    Join {
+        slot: u8,
+        meeting: u8,
+        host: bool,
+        name: u8,
+        in_same_write: Option<Msg>,
+    },
+    Resume {
+        slot: u8,
+        of: u8,
+        spent: bool,
+        other_user: bool,
+    },
+    Send {
+        slot: u8,
+        msg: Msg,
+    },
+    Raw {
+        slot: u8,
+        bytes: Vec<u8>,
+    },
+    Close {
+        slot: u8,
+    },
+    Advance {
+        ms: u16,
+    },
     Draining(bool),
-    Assign { meeting: u8 },
-    AdminEnd { meeting: u8 },
+    Assign {
+        meeting: u8,
+    },
+    AdminEnd {
+        meeting: u8,
+    },
     EndAll,
 }
 
@@ -122,6 +163,8 @@ struct Sim {
     users: HashMap<ConnId, String>,
     known: Vec<Known>,
     pids_by_conn: HashMap<ConnId, String>,
+    /// (joins, resumes, handoffs, closes) seen, for `MC_FUZZ_TRACE=1`.
+    counts: [u32; 4],
 }
 
 impl Sim {
@@ -141,6 +184,7 @@ impl Sim {
             users: HashMap::new(),
             known: Vec::new(),
             pids_by_conn: HashMap::new(),
+            counts: [0; 4],
         }
     }
 
@@ -194,7 +238,11 @@ impl Sim {
             .get(&(slot % SLOTS))
             .and_then(|c| self.pids_by_conn.get(c))
             .cloned()
-            .or_else(|| self.known.get(usize::from(slot) % self.known.len().max(1)).map(|k| k.pid.clone()))
+            .or_else(|| {
+                self.known
+                    .get(usize::from(slot) % self.known.len().max(1))
+                    .map(|k| k.pid.clone())
+            })
             .unwrap_or_else(|| format!("p{}-{}", slot % 2, slot))
     }
 
@@ -212,7 +260,11 @@ impl Sim {
                     .map(|t| t.iter().take(8).map(|s| self.pid_of_slot(*s)).collect()),
             },
             Msg::Ping(id) => ClientMessage::Ping { id: *id },
-            Msg::HostMute { target, audio, video } => ClientMessage::HostMute {
+            Msg::HostMute {
+                target,
+                audio,
+                video,
+            } => ClientMessage::HostMute {
                 participant_id: self.pid_of_slot(*target),
                 audio: *audio,
                 video: *video,
@@ -241,7 +293,13 @@ impl Sim {
             Op::Open { slot } => {
                 self.open(*slot);
             }
-            Op::Join { slot, meeting, host, name, in_same_write } => {
+            Op::Join {
+                slot,
+                meeting,
+                host,
+                name,
+                in_same_write,
+            } => {
                 let m = MEETINGS[usize::from(*meeting) % MEETINGS.len()];
                 let role = if *host { Role::Host } else { Role::Participant };
                 let user = format!("u{}", slot % SLOTS);
@@ -260,7 +318,12 @@ impl Sim {
                 self.users.insert(c, user);
                 self.write(*slot, &bytes);
             }
-            Op::Resume { slot, of, spent, other_user } => {
+            Op::Resume {
+                slot,
+                of,
+                spent,
+                other_user,
+            } => {
                 if self.known.is_empty() {
                     return;
                 }
@@ -269,7 +332,11 @@ impl Sim {
                     (true, Some(old)) => (old.clone(), true),
                     _ => (k.binding.clone(), false),
                 };
-                let user = if *other_user { "mallory".to_owned() } else { k.user.clone() };
+                let user = if *other_user {
+                    "mallory".to_owned()
+                } else {
+                    k.user.clone()
+                };
                 let bytes = codec::encode(&ClientMessage::Join {
                     meeting_id: k.meeting.clone(),
                     token: self.token(&k.meeting, Role::Participant, &user),
@@ -346,12 +413,16 @@ impl Sim {
             assert!(f.len() > HEADER_LEN, "empty frame");
             let len = u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize;
             assert_eq!(len, f.len() - HEADER_LEN, "length prefix");
-            assert!(len <= MAX_FRAME_LEN, "server frame of {len} bytes exceeds 65536");
+            assert!(
+                len <= MAX_FRAME_LEN,
+                "server frame of {len} bytes exceeds 65536"
+            );
             let d = self.decoders.entry(conn).or_default();
             d.push(&f);
             let mut msgs = Vec::new();
             while let Some(body) = d.next_frame().expect("server framing") {
-                let m: ServerMessage = codec::decode(body).expect("server frame is a server message");
+                let m: ServerMessage =
+                    codec::decode(body).expect("server frame is a server message");
                 msgs.push(m);
             }
             for m in msgs {
@@ -371,14 +442,22 @@ impl Sim {
             return;
         };
         let owner = Router::new(SHARDS).shard_for_str(&meeting_id);
-        assert_eq!(usize::from(owner.0), s, "joined connection is not on the meeting's shard");
+        assert_eq!(
+            usize::from(owner.0),
+            s,
+            "joined connection is not on the meeting's shard"
+        );
         assert!(
             participant_id.starts_with(&format!("p{:x}-", owner.0)),
             "participant id {participant_id} does not name shard {owner}"
         );
         if let Some((want, must_fail)) = self.resumes.remove(&conn) {
-            assert!(!must_fail, "a spent binding token or another user's resume was accepted");
+            assert!(
+                !must_fail,
+                "a spent binding token or another user's resume was accepted"
+            );
             assert_eq!(participant_id, want, "resume changed the participant id");
+            self.counts[1] += 1;
             let k = self
                 .known
                 .iter_mut()
@@ -387,8 +466,10 @@ impl Sim {
             let old = std::mem::replace(&mut k.binding, binding_token);
             k.spent.push(old);
         } else {
+            self.counts[0] += 1;
             let user = self.users.get(&conn).cloned().unwrap_or_default();
-            self.known.retain(|k| !(k.pid == participant_id && k.meeting == meeting_id));
+            self.known
+                .retain(|k| !(k.pid == participant_id && k.meeting == meeting_id));
             self.known.push(Known {
                 meeting: meeting_id,
                 pid: participant_id.clone(),
@@ -411,11 +492,13 @@ impl Sim {
                     moved = true;
                     match a {
                         Action::Close { conn, .. } => {
+                            self.counts[3] += 1;
                             if !self.closing.contains(&conn) {
                                 self.closing.push(conn);
                             }
                         }
                         Action::Handoff { conn, to, join } => {
+                            self.counts[2] += 1;
                             let to = usize::from(to.0);
                             assert_ne!(to, s, "handoff to the same shard");
                             self.owner.insert(conn, to);
@@ -480,4 +563,11 @@ fuzz_target!(|ops: Vec<Op>| {
         sim.settle();
     }
     sim.finish();
+    if std::env::var_os("MC_FUZZ_TRACE").is_some() {
+        let [joins, resumes, handoffs, closes] = sim.counts;
+        eprintln!(
+            "trace: ops={} joins={joins} resumes={resumes} handoffs={handoffs} closes={closes}",
+            ops.len()
+        );
+    }
 });

@@ -61,9 +61,16 @@ fuzz_target!(|data: &[u8]| {
         Ok(c) => {
             assert_eq!(c.meeting_id, meeting);
             assert!(now < c.exp, "accepted an expired token");
-            assert!(c.iat <= now.saturating_add(SKEW), "accepted a token from the future");
+            assert!(
+                c.iat <= now.saturating_add(SKEW),
+                "accepted a token from the future"
+            );
             assert!(!c.sub.is_empty());
         }
-        Err(e) => assert!(REASONS.contains(&e.reason()), "unknown reason {}", e.reason()),
+        Err(e) => assert!(
+            REASONS.contains(&e.reason()),
+            "unknown reason {}",
+            e.reason()
+        ),
     }
 });

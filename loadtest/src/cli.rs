@@ -45,7 +45,7 @@ pub struct Args {
     pub participants: Option<u32>,
 
     /// Messages per second sent by each sender, open loop
-    /// [default: 10; 5 for large-meeting; 0 for join-storm].
+    /// [default: 3; 1 for large-meeting; 0 for join-storm].
     #[arg(long)]
     pub rate: Option<f64>,
 
@@ -69,9 +69,10 @@ pub struct Args {
     #[arg(long, value_parser = duration)]
     pub hold: Option<Duration>,
 
-    /// Ramp-up: joins spread over this long (`join-storm`: the join rate rises linearly).
-    #[arg(long, default_value = "5s", value_parser = duration)]
-    pub ramp: Duration,
+    /// Ramp-up: joins spread over this long (`join-storm`: the join rate rises linearly)
+    /// [default: 5s; 30s for large-meeting, whose joins cost O(n²) frames].
+    #[arg(long, value_parser = duration)]
+    pub ramp: Option<Duration>,
 
     /// Steady phase.
     #[arg(long, default_value = "30s", value_parser = duration)]
@@ -286,9 +287,13 @@ impl Args {
             Scenario::Meetings | Scenario::Churn => 5,
         });
         let rate = self.rate.unwrap_or(match self.scenario {
-            Scenario::LargeMeeting => 5.0,
+            Scenario::LargeMeeting => 1.0,
             Scenario::JoinStorm => 0.0,
-            Scenario::Meetings | Scenario::Churn => 10.0,
+            Scenario::Meetings | Scenario::Churn => 3.0,
+        });
+        let ramp = self.ramp.unwrap_or(match self.scenario {
+            Scenario::LargeMeeting => Duration::from_secs(30),
+            _ => Duration::from_secs(5),
         });
         if participants == 0 {
             return bad("--participants must be at least 1");
@@ -379,7 +384,7 @@ impl Args {
             churn_rate: self.churn_rate,
             rejoin_delay: self.rejoin_delay,
             hold: self.hold,
-            ramp: self.ramp,
+            ramp,
             duration: self.duration,
             warmup: self.warmup,
             drain: self.drain,
@@ -413,9 +418,11 @@ mod tests {
     #[test]
     fn scenario_defaults() {
         let s = parse(&["--scenario", "large-meeting"]).unwrap();
-        assert_eq!((s.participants, s.rate), (1000, 5.0));
+        assert_eq!((s.participants, s.rate), (1000, 1.0));
+        assert_eq!(s.ramp, Duration::from_secs(30));
         let s = parse(&[]).unwrap();
-        assert_eq!((s.meetings, s.participants, s.rate), (200, 5, 10.0));
+        assert_eq!((s.meetings, s.participants, s.rate), (200, 5, 3.0));
+        assert_eq!(s.ramp, Duration::from_secs(5));
         assert!(s.meeting_prefix.starts_with("lt-"));
     }
 

@@ -52,9 +52,8 @@ fn output(report: &report::Report) -> ExitCode {
     }
     if let Some(path) = &report.settings.plot {
         let title = format!(
-            "mc-loadtest {} ({} threads): latency by percentile, measured window",
-            report.settings.scenario.name(),
-            report.settings.threads
+            "mc-loadtest {}: latency by percentile, measured window",
+            report.settings.scenario.name()
         );
         let svg = plot::render(
             &title,

@@ -91,9 +91,11 @@ fn panel(svg: &mut String, name: &str, h: &Histogram<u64>, y0: f64) {
     }
     let _ = writeln!(
         svg,
-        r##"<rect x="{LEFT}" y="{top:.1}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#444"/><text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"##,
+        r##"<rect x="{LEFT}" y="{top:.1}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#444"/><text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text><text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">ms</text>"##,
         LEFT + plot_w / 2.0,
-        bottom + 32.0
+        bottom + 32.0,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
     );
     let mut path = String::new();
     for (i, (x, y)) in points.iter().enumerate() {
@@ -121,7 +123,9 @@ fn percentile_label(d: u32) -> String {
 }
 
 fn fmt_ms(v: f64) -> String {
-    if v >= 100.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 1.0 {
         format!("{v:.1}")
@@ -163,6 +167,9 @@ mod tests {
         assert_eq!(nice_ceil(1.2), 2.0);
         assert_eq!(nice_ceil(3.0), 5.0);
         assert_eq!(nice_ceil(50.0), 50.0);
+        assert_eq!(fmt_ms(0.0), "0");
+        assert_eq!(fmt_ms(0.25), "0.250");
+        assert_eq!(fmt_ms(250.0), "250");
     }
 
     #[test]

@@ -225,6 +225,8 @@ struct Ctx {
     shared: Arc<Shared>,
     recording: bool,
     storm: bool,
+    /// Connections not yet closed.
+    open_conns: usize,
 }
 
 impl Ctx {
@@ -318,6 +320,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         shared,
         recording: true,
         storm: settings.scenario == Scenario::JoinStorm,
+        open_conns: 0,
         settings,
     };
 
@@ -384,8 +387,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             closing_since = Some(now);
         }
         if let Some(since) = closing_since {
-            let open = parts.iter().filter(|p| p.conn.is_some()).count();
-            if open == 0 || now.duration_since(since) > CLOSE_TIMEOUT {
+            if ctx.open_conns == 0 || now.duration_since(since) > CLOSE_TIMEOUT {
                 break;
             }
         }
@@ -422,7 +424,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
 
         // The timerfd wakes the loop at the next deadline; the poll timeout is only a backstop
         // (and bounds how late the stop flag is noticed).
-        let mut deadline = next_tick.min(now + Duration::from_millis(50));
+        let mut deadline = next_tick;
         if let Some(Reverse((at, _, _))) = ctx.heap.peek() {
             deadline = deadline.min(*at);
         }
@@ -674,6 +676,7 @@ fn connect(
         authority: ctx.settings.server_name.clone(),
     }));
     part.conn = Some(conn);
+    ctx.open_conns += 1;
     part.phase = Phase::Handshaking;
     part.intended_start = at;
     part.out.clear();
@@ -1105,6 +1108,7 @@ fn settle(ctx: &Ctx, part: &mut Participant) {
 
 fn on_closed(ctx: &mut Ctx, part: &mut Participant, p: usize, now: Instant) {
     let Some(conn) = part.conn.take() else { return };
+    ctx.open_conns -= 1;
     settle(ctx, part);
     part.stream = None;
     part.timer_at = None;

@@ -1228,16 +1228,35 @@ impl Shard {
         if let Some(p) = m.get_mut(pid) {
             p.binding_nonce = Some(nonce);
         }
-        let response = ServerMessage::JoinResponse {
+        let mut roster = m.roster_for(pid);
+        let mut response = ServerMessage::JoinResponse {
             participant_id: pid.to_string(),
             meeting_id: meeting_id.to_string(),
             role,
-            participants: m.roster_for(pid),
+            participants: Vec::new(),
             media_handlers: m.media_handlers.clone(),
             binding_token,
             resume_window_ms: window_ms,
             request_id,
         };
+        // A frame body may not exceed 64 KiB. A large roster (long names) would: the first
+        // participants that fit go in `join_response`, the rest follow immediately as
+        // `participant_joined` to the joiner alone, before any later event of the meeting.
+        let base = serde_json::to_vec(&response).map_or(0, |v| v.len());
+        let mut budget = codec::MAX_FRAME_LEN.saturating_sub(base + 16);
+        let mut fit = 0;
+        for p in &roster {
+            let size = serde_json::to_vec(p).map_or(usize::MAX, |v| v.len().saturating_add(1));
+            if size > budget {
+                break;
+            }
+            budget -= size;
+            fit += 1;
+        }
+        let overflow = roster.split_off(fit);
+        if let ServerMessage::JoinResponse { participants, .. } = &mut response {
+            *participants = roster;
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Joined {
                 meeting: meeting_id.clone(),
@@ -1245,6 +1264,9 @@ impl Shard {
             };
         }
         self.send(conn, &response);
+        for participant in overflow {
+            self.send(conn, &ServerMessage::ParticipantJoined { participant });
+        }
     }
 
     fn relay(

@@ -672,6 +672,64 @@ fn controller_participant_capacity() {
 }
 
 #[test]
+fn a_roster_larger_than_one_frame_is_completed_with_participant_joined() {
+    let mut h = Harness::single();
+    let long = "n".repeat(250);
+    for _ in 0..300 {
+        let c = h.open();
+        let token = h.token("big", Role::Participant);
+        h.send(
+            c,
+            &ClientMessage::Join {
+                meeting_id: "big".into(),
+                token,
+                display_name: long.clone(),
+                request_id: None,
+                resume: None,
+            },
+        );
+        h.recv(c);
+    }
+    let c = h.open();
+    let token = h.token("big", Role::Participant);
+    let now = h.now();
+    let join = ClientMessage::Join {
+        meeting_id: "big".into(),
+        token,
+        display_name: "late".into(),
+        request_id: None,
+        resume: None,
+    };
+    h.shard.handle_stream_data(c, &encode(&join), now);
+    let mut frames = Vec::new();
+    while let Some(f) = h.shard.pop_frame(c) {
+        frames.push(f);
+    }
+    let sizes: Vec<usize> = frames.iter().map(|f| f.len()).collect();
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.len() - 4 <= crate::core::codec::MAX_FRAME_LEN),
+        "every frame within 64 KiB: {:?}",
+        &sizes[..sizes.len().min(5)]
+    );
+    let msgs: Vec<ServerMessage> = frames.iter().map(|f| decode(&f[4..]).unwrap()).collect();
+    let ServerMessage::JoinResponse { participants, .. } = &msgs[0] else {
+        panic!()
+    };
+    let extra = msgs[1..]
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::ParticipantJoined { .. }))
+        .count();
+    assert!(extra > 0, "the roster did not fit and was completed");
+    assert_eq!(
+        participants.len() + extra,
+        300,
+        "everyone is announced exactly once"
+    );
+}
+
+#[test]
 fn meeting_capacity() {
     let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
     cfg.max_participants_per_meeting = 2;

@@ -24,6 +24,8 @@ use crate::webtransport::{H3Config, H3Event, H3Server};
 pub const ALPN_MC: &[u8] = b"mc/1";
 /// ALPN of HTTP/3 (WebTransport).
 pub const ALPN_H3: &[u8] = b"h3";
+/// Smallest datagram that may open a connection (RFC 9000 §14.1).
+pub const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Largest UDP payload we send.
 pub const MAX_DATAGRAM: usize = 1350;
 /// How long CIDs of a connection handed to another shard keep being forwarded by CID lookup.
@@ -220,6 +222,8 @@ pub struct Endpoint {
     cpu: Option<usize>,
     stopping: bool,
     send_buf: Vec<u8>,
+    /// Connections accepted here whose handshake has not completed.
+    handshaking: usize,
 }
 
 /// Wall clock plus monotonic clock, read once per batch.
@@ -270,6 +274,7 @@ impl Endpoint {
             cpu,
             stopping: false,
             send_buf: vec![0; MAX_DATAGRAM],
+            handshaking: 0,
         }
     }
 
@@ -351,7 +356,10 @@ impl Endpoint {
                 return;
             }
         }
-        if hdr.ty != quiche::Type::Initial {
+        // RFC 9000 §14.1/§5.2.2: a datagram that could open a connection must be at least 1200
+        // bytes; smaller ones get no answer at all (no Version Negotiation, no Retry), so the
+        // server can never be used to amplify.
+        if buf.len() < MIN_INITIAL_DATAGRAM {
             self.stats.datagrams_dropped += 1;
             return;
         }
@@ -363,11 +371,15 @@ impl Endpoint {
             }
             return;
         }
+        if hdr.ty != quiche::Type::Initial {
+            self.stats.datagrams_dropped += 1;
+            return;
+        }
         if self.stopping {
             self.stats.datagrams_dropped += 1;
             return;
         }
-        let handshaking = self.conns.values().filter(|e| !e.opened).count();
+        let handshaking = self.handshaking;
         if handshaking >= self.cfg.max_handshakes {
             self.stats.handshakes_shed += 1;
             return;
@@ -432,6 +444,7 @@ impl Endpoint {
         let id = ConnId::new(self.cfg.shard, self.next_conn);
         self.cids.insert(scid.to_vec(), id);
         self.cids.insert(odcid, id);
+        self.handshaking += 1;
         self.conns.insert(
             id,
             ConnEntry {
@@ -474,6 +487,7 @@ impl Endpoint {
         };
         if !e.opened && (e.conn.is_established() || e.conn.is_in_early_data()) {
             e.opened = true;
+            self.handshaking = self.handshaking.saturating_sub(1);
             self.stats.handshakes += 1;
             if e.conn.application_proto() == ALPN_H3 {
                 let h3 = H3Server::new(H3Config {
@@ -1044,6 +1058,9 @@ impl Endpoint {
 
     fn reap(&mut self, id: ConnId, t: Now) {
         if let Some(e) = self.conns.remove(&id) {
+            if !e.opened {
+                self.handshaking = self.handshaking.saturating_sub(1);
+            }
             if let Some(err) = e.conn.peer_error() {
                 tracing::debug!(shard = %self.cfg.shard, conn = %id, code = err.error_code, "peer closed");
             }

@@ -689,3 +689,77 @@ fn measure_handshake_and_join_times() {
         total("mc_datagrams_forwarded_total")
     );
 }
+
+#[test]
+fn handshakes_beyond_the_per_shard_limit_are_shed() {
+    let server = Server::start(
+        "shed",
+        &[
+            "--shards",
+            "1",
+            "--max-handshakes-per-shard",
+            "4",
+            "--idle-timeout",
+            "1s",
+            "--keep-alive",
+            "200ms",
+        ],
+    );
+    // 30 half-open handshakes: real Initials from one socket that never answers.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = sock.local_addr().unwrap();
+    for _ in 0..30 {
+        let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+        cfg.set_application_protos(&[b"mc/1"]).unwrap();
+        cfg.verify_peer(false);
+        let mut scid = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut scid[..]);
+        let mut conn = quiche::connect(
+            Some("localhost"),
+            &quiche::ConnectionId::from_ref(&scid),
+            local,
+            server.quic,
+            &mut cfg,
+        )
+        .unwrap();
+        let mut out = [0u8; 1500];
+        let (n, _) = conn.send(&mut out).unwrap();
+        assert!(n >= 1200, "client Initials are padded");
+        sock.send_to(&out[..n], server.quic).unwrap();
+    }
+    let deadline = std::time::Instant::now() + T;
+    let shed = loop {
+        let m = server.metrics();
+        let shed: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("mc_handshakes_shed_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if shed >= 20.0 || std::time::Instant::now() > deadline {
+            break shed;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // At most 4 are in progress at a time, so at least 20 of the 30 are shed (a few more may be
+    // admitted as earlier half-open ones are reaped while the burst is still arriving).
+    assert!(
+        (20.0..=26.0).contains(&shed),
+        "shed {shed} of 30 with a limit of 4"
+    );
+    // Once the half-open ones time out, real clients get in again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        if let Ok(c) = Client::try_connect(server.quic, Duration::from_secs(2)) {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no client could connect after the flood"
+        );
+    };
+    c.join_ok(
+        "after-flood",
+        &server.token("after-flood", Role::Participant, "u"),
+        "u",
+    );
+}

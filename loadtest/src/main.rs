@@ -6,6 +6,7 @@ mod accounting;
 mod cli;
 mod clock;
 mod inbound;
+mod kernel;
 mod limits;
 mod metrics;
 mod plan;

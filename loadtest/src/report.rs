@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::accounting::Tally;
 use crate::cli::{Scenario, Settings};
+use crate::kernel::UdpDrops;
 use crate::metrics::ServerFigures;
 use crate::stats::{Counters, ErrorCounts, Latencies, Percentiles};
 
@@ -88,6 +89,8 @@ pub struct Report {
     pub errors: ErrorCounts,
     /// Controller figures, when `--metrics-url` was given and answered.
     pub server: Option<ServerReport>,
+    /// Kernel UDP drops during the run.
+    pub kernel: UdpDrops,
 }
 
 fn pct_json(p: &Percentiles) -> Value {
@@ -179,6 +182,10 @@ impl Report {
                 "duplicates": c.duplicates,
             },
             "errors": self.errors,
+            "kernel_udp_drops": {
+                "server_port": self.kernel.server_port,
+                "rcvbuf_errors_all_sockets": self.kernel.rcvbuf_errors,
+            },
             "server": self.server.map(|sv| json!({
                 "messages_dropped": sv.dropped,
                 "mailbox_depth_peak": sv.mailbox_peak,
@@ -300,6 +307,18 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(t, "errors       {}", list.join(", "));
+        }
+        match (self.kernel.server_port, self.kernel.rcvbuf_errors) {
+            (None, None) => {}
+            (port, all) => {
+                let show = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+                let _ = writeln!(
+                    t,
+                    "kernel       UDP receive-queue drops: server port {}, all sockets {}",
+                    show(port),
+                    show(all)
+                );
+            }
         }
         match &self.server {
             None => {

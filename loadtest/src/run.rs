@@ -13,6 +13,7 @@ use mc::core::token::TokenSigner;
 use crate::accounting::{tally, ReceiverLog, SenderLedger};
 use crate::cli::{KeySource, Settings, UsageError};
 use crate::clock::Clock;
+use crate::kernel::UdpDrops;
 use crate::metrics::{HttpUrl, ServerFigures};
 use crate::plan::Plan;
 use crate::report::{Report, ServerReport};
@@ -141,6 +142,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         .and_then(|u| scrape_or_count(u, &mut scrape_errors, settings.quiet, "before the run"));
     let sampler = metrics_url.clone().map(Sampler::start);
 
+    let drops_before = UdpDrops::read(settings.server.port());
     let settings = Arc::new(settings);
     let clock = Clock::new();
     let t0 = Instant::now() + Duration::from_millis(200);
@@ -284,6 +286,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         receivers.extend(o.receivers);
     }
     let tally = tally(&ledgers, &receivers);
+    let kernel = UdpDrops::read(settings.server.port()).since(&drops_before);
 
     let server = match (&metrics_url, before) {
         (Some(url), Some(before)) => {
@@ -337,6 +340,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         tally,
         errors,
         server,
+        kernel,
     })
 }
 

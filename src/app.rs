@@ -211,8 +211,20 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
     );
     tracing::info!(quic = %quic_addr, control = %handle.local_addr(), shards, mc_id = %cfg.mc_id, "mc serving");
     let code = handle.wait();
-    for t in rt.threads {
-        let _ = t.join();
+    // Shards stop after the control thread's Shutdown; never let a stuck one keep the
+    // process alive past the drain (the exit code is already decided).
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        for t in rt.threads {
+            let _ = t.join();
+        }
+        let _ = done_tx.send(());
+    });
+    if done_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .is_err()
+    {
+        tracing::warn!("a shard did not stop within 5 s of shutdown; exiting anyway");
     }
     tracing::info!(code, "mc exiting");
     Ok(code)

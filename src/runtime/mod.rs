@@ -86,6 +86,15 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     let _ = s.set_recv_buffer_size(4 << 20);
+    if let Ok(got) = s.recv_buffer_size() {
+        // The kernel caps SO_RCVBUF at net.core.rmem_max (often 208 KiB): bursts then overflow.
+        if got < (1 << 20) {
+            tracing::warn!(
+                bytes = got,
+                "UDP receive buffer capped by net.core.rmem_max; raise it (see docs/deployment.md) to avoid drops under load"
+            );
+        }
+    }
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&addr.into())?;
     Ok(s)

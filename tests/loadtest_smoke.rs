@@ -155,8 +155,17 @@ fn count(v: &Value, path: &[&str]) -> u64 {
 
 #[test]
 fn meetings_run_loses_nothing_and_reports_sane_percentiles() {
+    smoke("quic");
+}
+
+#[test]
+fn webtransport_meetings_run_loses_nothing() {
+    smoke("webtransport");
+}
+
+fn smoke(transport: &str) {
     let bin = loadtest_binary();
-    let dir = unique_dir("smoke");
+    let dir = unique_dir(&format!("smoke-{transport}"));
     let dev_dir = dir.join("dev");
     let server = start_server(&dev_dir);
     let plot = dir.join("latency.svg");
@@ -181,6 +190,7 @@ fn meetings_run_loses_nothing_and_reports_sane_percentiles() {
             "1s",
         ])
         .args(["--drain", "5s", "--threads", "2", "--json", "--quiet"])
+        .args(["--transport", transport])
         .arg("--server")
         .arg(server.quic.to_string())
         .arg("--dev-dir")

@@ -11,7 +11,10 @@
 //! does its own setup in [`SignalingStream::poll_ready`] (e.g. the HTTP/3 SETTINGS and CONNECT
 //! exchange) before reporting ready.
 
+use std::collections::VecDeque;
+
 use clap::ValueEnum;
+use mc::webtransport::{ClientConfig, ClientEvent, H3Client};
 
 /// Why the signaling stream failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,9 @@ pub trait SignalingStream: Send {
 pub enum TransportKind {
     /// Native QUIC, ALPN `mc/1`, signaling on client bidirectional stream 0.
     Quic,
+    /// WebTransport over HTTP/3 (ALPN `h3`), the same client code as the server's tests
+    /// (`mc::webtransport::H3Client`).
+    Webtransport,
 }
 
 impl TransportKind {
@@ -71,6 +77,7 @@ impl TransportKind {
     pub fn alpn(self) -> &'static [&'static [u8]] {
         match self {
             TransportKind::Quic => &[b"mc/1"],
+            TransportKind::Webtransport => &[b"h3"],
         }
     }
 
@@ -82,13 +89,22 @@ impl TransportKind {
                 cfg.set_initial_max_streams_bidi(4);
                 cfg.set_initial_max_streams_uni(0);
             }
+            TransportKind::Webtransport => {
+                // The server opens its control and QPACK streams; datagrams must be enabled
+                // when HTTP/3 datagrams are advertised.
+                cfg.set_initial_max_streams_bidi(16);
+                cfg.set_initial_max_streams_uni(16);
+                cfg.set_initial_max_stream_data_uni(1 << 20);
+                cfg.enable_dgram(true, 16, 16);
+            }
         }
     }
 
     /// A fresh, not yet ready, signaling stream for one connection.
-    pub fn open(self, _ctx: &StreamContext) -> Box<dyn SignalingStream> {
+    pub fn open(self, ctx: &StreamContext) -> Box<dyn SignalingStream> {
         match self {
             TransportKind::Quic => Box::new(QuicStream0),
+            TransportKind::Webtransport => Box::new(WtStream::new(ctx)),
         }
     }
 
@@ -96,6 +112,7 @@ impl TransportKind {
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Quic => "quic",
+            TransportKind::Webtransport => "webtransport",
         }
     }
 }
@@ -146,5 +163,165 @@ impl SignalingStream for QuicStream0 {
                 Err(e) => return Err(StreamError::Quic(e)),
             }
         }
+    }
+}
+
+/// Signaling on one WebTransport bidirectional stream of a session to `/meetings/{id}`.
+pub struct WtStream {
+    h3: H3Client,
+    authority: String,
+    path: String,
+    connect_sent: bool,
+    session: Option<u64>,
+    stream: Option<u64>,
+    pending: VecDeque<(u64, Vec<u8>, bool)>,
+    pending_bytes: usize,
+    inbound: Vec<u8>,
+    closed: bool,
+}
+
+/// Bytes the HTTP/3 layer may hold for quiche before `send` reports back-pressure.
+const WT_PENDING_LIMIT: usize = 256 * 1024;
+
+impl WtStream {
+    fn new(ctx: &StreamContext) -> Self {
+        Self {
+            h3: H3Client::new(ClientConfig::default()),
+            authority: ctx.authority.clone(),
+            path: format!("/meetings/{}", ctx.meeting_id),
+            connect_sent: false,
+            session: None,
+            stream: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            inbound: Vec::new(),
+            closed: false,
+        }
+    }
+
+    fn pump(&mut self, conn: &mut quiche::Connection) -> Result<(), StreamError> {
+        while let Some(tx) = self.h3.poll_transmit() {
+            self.pending_bytes += tx.data.len();
+            self.pending.push_back((tx.stream_id, tx.data, tx.fin));
+        }
+        while let Some((sid, data, fin)) = self.pending.pop_front() {
+            match conn.stream_send(sid, &data, fin) {
+                Ok(n) if n == data.len() => self.pending_bytes -= n,
+                Ok(n) => {
+                    self.pending_bytes -= n;
+                    self.pending.push_front((sid, data[n..].to_vec(), fin));
+                    break;
+                }
+                Err(quiche::Error::Done) => {
+                    self.pending.push_front((sid, data, fin));
+                    break;
+                }
+                Err(quiche::Error::StreamStopped(_)) | Err(quiche::Error::StreamReset(_)) => {
+                    return Err(StreamError::Closed)
+                }
+                Err(e) => return Err(StreamError::Quic(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_all(
+        &mut self,
+        conn: &mut quiche::Connection,
+        scratch: &mut [u8],
+    ) -> Result<(), StreamError> {
+        while let Some(sid) = conn.stream_readable_next() {
+            loop {
+                match conn.stream_recv(sid, scratch) {
+                    Ok((n, fin)) => {
+                        if self.h3.on_stream_data(sid, &scratch[..n], fin).is_err() {
+                            return Err(StreamError::Closed);
+                        }
+                        if fin || n == 0 {
+                            break;
+                        }
+                    }
+                    Err(quiche::Error::StreamReset(_)) => {
+                        let _ = self.h3.on_stream_reset(sid);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut scratch_dgram = [0u8; 64];
+        while conn.dgram_recv(&mut scratch_dgram).is_ok() {}
+        while let Some(ev) = self.h3.poll_event() {
+            match ev {
+                ClientEvent::SessionEstablished { session_id } => {
+                    self.session = Some(session_id);
+                    self.stream = self.h3.open_bidi_stream(session_id);
+                }
+                ClientEvent::StreamData { data, fin, .. } => {
+                    self.inbound.extend_from_slice(&data);
+                    if fin {
+                        self.closed = true;
+                    }
+                }
+                ClientEvent::SessionRejected { .. } | ClientEvent::SessionClosed { .. } => {
+                    self.closed = true
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SignalingStream for WtStream {
+    fn poll_ready(&mut self, conn: &mut quiche::Connection) -> Result<bool, StreamError> {
+        if !conn.is_established() {
+            return Ok(false);
+        }
+        if !self.connect_sent {
+            let (authority, path) = (self.authority.clone(), self.path.clone());
+            self.h3.connect(&authority, &path, None);
+            self.connect_sent = true;
+        }
+        let mut scratch = vec![0u8; 16 * 1024];
+        self.read_all(conn, &mut scratch)?;
+        self.pump(conn)?;
+        if self.closed && self.stream.is_none() {
+            return Err(StreamError::Closed);
+        }
+        Ok(self.stream.is_some())
+    }
+
+    fn send(&mut self, conn: &mut quiche::Connection, data: &[u8]) -> Result<usize, StreamError> {
+        let Some(stream) = self.stream else {
+            return Ok(0);
+        };
+        if data.is_empty() || self.pending_bytes >= WT_PENDING_LIMIT {
+            self.pump(conn)?;
+            return Ok(0);
+        }
+        if !self.h3.send_stream_data(stream, data, false) {
+            return Err(StreamError::Closed);
+        }
+        self.pump(conn)?;
+        Ok(data.len())
+    }
+
+    fn recv(
+        &mut self,
+        conn: &mut quiche::Connection,
+        scratch: &mut [u8],
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StreamError> {
+        self.read_all(conn, scratch)?;
+        self.pump(conn)?;
+        if !self.inbound.is_empty() {
+            sink(&self.inbound);
+            self.inbound.clear();
+        }
+        if self.closed {
+            return Err(StreamError::Closed);
+        }
+        Ok(())
     }
 }

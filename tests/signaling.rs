@@ -171,13 +171,7 @@ fn ordered_stream(flags: &[&str]) -> (f64, f64) {
     }
     // Connections from many source ports landed on both shards and were handed to the owner.
     let metrics = server.metrics();
-    let total = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let total = |name: &str| support::metric_sum(&metrics, name, "");
     (
         total("mc_connection_handoffs_total"),
         total("mc_datagrams_forwarded_total"),
@@ -612,16 +606,8 @@ fn a_panicking_meeting_leaves_others_served() {
         "v",
     );
     let metrics = server.metrics();
-    if metrics.contains("mc_actor_panics_total") {
-        let panics: f64 = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("mc_actor_panics_total{") && l.contains("actor_type=\"meeting\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert_eq!(panics, 1.0, "{metrics}");
-    }
+    let panics = support::metric_sum(&metrics, "mc_actor_panics_total", "actor_type=\"meeting\"");
+    assert_eq!(panics, 1.0, "{metrics}");
 }
 
 #[test]
@@ -643,11 +629,7 @@ fn retry_validates_addresses_before_handshakes() {
     });
     clients[3].expect("message", |m| matches!(m, ServerMessage::Message { .. }));
     let metrics = server.metrics();
-    let retries: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mc_quic_retries_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let retries = support::metric_sum(&metrics, "mc_quic_retries_total", "");
     assert!(
         retries >= 4.0,
         "at least one Retry per connection\n{metrics}"
@@ -675,13 +657,7 @@ fn measure_handshake_and_join_times() {
     hs.sort();
     joins.sort();
     let metrics = server.metrics();
-    let total = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let total = |name: &str| support::metric_sum(&metrics, name, "");
     eprintln!(
         "handshake p50={:?} p99={:?}; join p50={:?} p99={:?}; handoffs={} forwarded={}",
         hs[50],
@@ -733,11 +709,7 @@ fn handshakes_beyond_the_per_shard_limit_are_shed() {
     let deadline = std::time::Instant::now() + T;
     let shed = loop {
         let m = server.metrics();
-        let shed: f64 = m
-            .lines()
-            .filter(|l| l.starts_with("mc_handshakes_shed_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let shed = support::metric_sum(&m, "mc_handshakes_shed_total", "");
         if shed >= 20.0 || std::time::Instant::now() > deadline {
             break shed;
         }

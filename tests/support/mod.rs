@@ -468,3 +468,14 @@ pub fn dev_dir_signer(dir: &Path) -> TokenSigner {
     let pem = std::fs::read_to_string(dir.join("signing-key.pem")).unwrap();
     TokenSigner::from_pkcs8_pem(&pem, mc::dev::DEV_KID).unwrap()
 }
+
+/// Sum of every series of `name` (a counter or gauge) whose labels contain `label_filter`
+/// (`""` for all), read from a Prometheus text exposition.
+pub fn metric_sum(metrics: &str, name: &str, label_filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| l.contains(label_filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

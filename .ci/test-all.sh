@@ -5,6 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export MC_BOOTSTRAP_TEST_TOOLS=1
+# One build, no incremental caches: keeps a cold run's target directory small (CI disks are).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 .ci/bootstrap.sh || { echo "bootstrap failed"; echo "0 passed, 1 failed"; exit 1; }
 
 passed=0
@@ -14,6 +16,7 @@ stage() {
   local name="$1"; shift
   echo "=== stage: $name"
   local start=$SECONDS
+  echo "disk free: $(df -h --output=avail . | tail -1 | tr -d ' ')"
   if "$@"; then
     passed=$((passed + 1)); echo "=== stage ok: $name ($((SECONDS - start)) s)"
   else

@@ -3,7 +3,8 @@
 # alert rules; a runbook query must return data.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --locked --bin mc >/dev/null
+# The workspace test build (same features as the test stage: nothing rebuilt) makes target/debug/mc.
+cargo nextest run --workspace --locked --no-run --cargo-quiet
 dir=$(mktemp -d)
 port_ctl=$((20000 + RANDOM % 20000))
 target/debug/mc serve --dev --dev-dir "$dir/dev" --listen 127.0.0.1:0 \

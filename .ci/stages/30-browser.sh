@@ -7,13 +7,14 @@ if ! command -v chromium >/dev/null || ! command -v node >/dev/null; then
   echo "BROWSER TEST CANNOT RUN: chromium or node is not installed" >&2
   exit 1
 fi
-cargo test --locked --test browser_e2e -- --ignored --nocapture
+# nextest over the workspace, as in the main test stage, so nothing is rebuilt.
+cargo nextest run --workspace --locked --run-ignored only -E 'binary(browser_e2e)' --no-capture
 
 # Interop: aioquic's HTTP/3 + WebTransport client, in a virtualenv.
 venv=target/interop-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q aioquic
-cargo build --locked --bin mc >/dev/null
+cargo nextest run --workspace --locked --no-run --cargo-quiet  # builds target/debug/mc
 dir=$(mktemp -d)
 target/debug/mc serve --dev --dev-dir "$dir/dev" --listen 127.0.0.1:0 --control-listen 127.0.0.1:0 \
   --shards 2 --io-memory 262144 --log-level warn >"$dir/mc.out" 2>&1 &

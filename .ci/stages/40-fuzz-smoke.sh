@@ -6,6 +6,7 @@
 #
 # MC_FUZZ_SECONDS   seconds per target (default 30)
 # MC_FUZZ_TARGETS   space-separated subset of targets (default: all of `cargo fuzz list`)
+# MC_CI_RECLAIM_DISK  1: delete target/debug first (set by .ci/run in a throwaway clone)
 #
 # cargo-fuzz wants a nightly compiler; on a stable toolchain RUSTC_BOOTSTRAP=1 lets it use the
 # unstable flags it needs, for the fuzz crate's build only (its own workspace and target dir).
@@ -20,6 +21,12 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 if ! rustc --version | grep -q nightly; then
   export RUSTC_BOOTSTRAP=1
+fi
+
+# In CI (a throwaway clone, last stage) the test build is no longer needed: free its disk
+# before the fuzz build, which cannot share it (different flags).
+if [ "${MC_CI_RECLAIM_DISK:-0}" = 1 ]; then
+  rm -rf target/debug
 fi
 
 # Codegen units trade a little fuzzing speed for a much faster build.

@@ -2,9 +2,9 @@
 //! must lose no delivery and report sane, ordered percentiles. No timing thresholds: this runs
 //! on shared CI machines.
 //!
-//! The `mc-loadtest` binary belongs to another workspace member, so cargo does not build it for
-//! this test; the test runs `cargo build -p mc-loadtest` with its own profile and target
-//! directory (a no-op when up to date) and uses the binary next to its own.
+//! The server binary belongs to the `mc` package. A workspace test run (`cargo nextest run
+//! --workspace`, the README's test command) builds it next to this test's binaries, with the
+//! same features, so nothing is rebuilt here; run alone, the test builds it once.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+const LOADTEST: &str = env!("CARGO_BIN_EXE_mc-loadtest");
+
 /// `target/<profile>` of this test executable (`target/<profile>/deps/<test>`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -24,16 +26,18 @@ fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of `mc-loadtest`, (re)built with `cargo build` so that a stale binary is never used
-/// (a no-op when it is up to date).
-fn loadtest_binary() -> PathBuf {
+/// Path of the `mc` server binary of this build.
+fn server_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_loadtest).clone()
+    BUILT.get_or_init(find_or_build_server).clone()
 }
 
-fn build_loadtest() -> PathBuf {
+fn find_or_build_server() -> PathBuf {
     let dir = profile_dir();
-    let bin = dir.join(format!("mc-loadtest{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("mc{}", std::env::consts::EXE_SUFFIX));
+    if bin.is_file() {
+        return bin;
+    }
     let target = dir.parent().expect("target dir").to_path_buf();
     let profile = dir
         .file_name()
@@ -42,7 +46,7 @@ fn build_loadtest() -> PathBuf {
         .to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "mc-loadtest", "--target-dir"])
+    cmd.args(["build", "-p", "mc", "--bin", "mc", "--target-dir"])
         .arg(&target)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     match profile.as_str() {
@@ -54,8 +58,8 @@ fn build_loadtest() -> PathBuf {
             cmd.args(["--profile", other]);
         }
     }
-    let status = cmd.status().expect("run cargo build -p mc-loadtest");
-    assert!(status.success(), "cargo build -p mc-loadtest failed");
+    let status = cmd.status().expect("run cargo build -p mc");
+    assert!(status.success(), "cargo build -p mc --bin mc failed");
     assert!(bin.is_file(), "{} missing after build", bin.display());
     bin
 }
@@ -87,7 +91,7 @@ impl Drop for Server {
 }
 
 fn start_server(dev_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mc"))
+    let mut child = Command::new(server_binary())
         .args([
             "serve",
             "--dev",
@@ -164,13 +168,13 @@ fn webtransport_meetings_run_loses_nothing() {
 }
 
 fn smoke(transport: &str) {
-    let bin = loadtest_binary();
+    let bin = LOADTEST;
     let dir = unique_dir(&format!("smoke-{transport}"));
     let dev_dir = dir.join("dev");
     let server = start_server(&dev_dir);
     let plot = dir.join("latency.svg");
 
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .args([
             "--scenario",
             "meetings",
@@ -265,8 +269,8 @@ fn smoke(transport: &str) {
 
 #[test]
 fn bad_flags_exit_with_usage_code() {
-    let bin = loadtest_binary();
-    let out = Command::new(&bin)
+    let bin = LOADTEST;
+    let out = Command::new(bin)
         .args(["--warmup", "10s", "--duration", "5s"])
         .output()
         .expect("run mc-loadtest");
@@ -276,7 +280,7 @@ fn bad_flags_exit_with_usage_code() {
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
 
     let dir = unique_dir("nokey");
-    let out = Command::new(&bin)
+    let out = Command::new(bin)
         .arg("--dev-dir")
         .arg(&dir)
         .output()

@@ -16,6 +16,7 @@ use crate::core::codec::Frame;
 use crate::core::ids::{ConnId, ShardId};
 use crate::core::router::{encode_cid, shard_of_cid, CID_LEN};
 use crate::core::shard::{Action, HandoffJoin, Now, Shard, ShardEvent};
+use crate::quic::datagrams::Datagrams;
 use crate::runtime::latency::LatencyRecorder;
 use crate::runtime::link::{ControlMsg, ShardReply, ShardRequest, ShardSnapshot};
 use crate::webtransport::{H3Config, H3Event, H3Server};
@@ -153,6 +154,9 @@ struct ConnEntry {
     closing: Option<Closing>,
     last_send: Instant,
     deadline: Option<Instant>,
+    /// Every key of `Endpoint::cids` naming this connection on this shard, so closing or
+    /// moving it never scans the whole CID map.
+    cids: Vec<Vec<u8>>,
 }
 
 struct Closing {
@@ -194,7 +198,7 @@ pub struct TransportStats {
 #[derive(Default)]
 pub struct Output {
     /// UDP datagrams to send.
-    pub packets: Vec<(Vec<u8>, SocketAddr)>,
+    pub packets: Datagrams,
     /// Messages for other shards.
     pub peers: Vec<(ShardId, PeerMsg)>,
 }
@@ -212,6 +216,8 @@ pub struct Endpoint {
     closing: HashSet<ConnId>,
     next_conn: u64,
     out: Output,
+    /// An emptied `Output` given back by the glue, reused by the next `take_output`.
+    spare: Output,
     stats: TransportStats,
     lat: [LatencyRecorder; 3],
     control_rx: Receiver<ControlMsg>,
@@ -221,7 +227,6 @@ pub struct Endpoint {
     last_sweep: Instant,
     cpu: Option<usize>,
     stopping: bool,
-    send_buf: Vec<u8>,
     /// Connections accepted here whose handshake has not completed.
     handshaking: usize,
 }
@@ -260,6 +265,7 @@ impl Endpoint {
             closing: HashSet::new(),
             next_conn: 0,
             out: Output::default(),
+            spare: Output::default(),
             stats: TransportStats::default(),
             lat: [
                 LatencyRecorder::new(t),
@@ -273,7 +279,6 @@ impl Endpoint {
             last_sweep: t,
             cpu,
             stopping: false,
-            send_buf: vec![0; MAX_DATAGRAM],
             handshaking: 0,
         }
     }
@@ -288,9 +293,18 @@ impl Endpoint {
         self.stopping
     }
 
-    /// Takes what must be sent.
+    /// Takes what must be sent. Give it back with [`Endpoint::recycle`] once sent so its
+    /// buffers are reused.
     pub fn take_output(&mut self) -> Output {
-        std::mem::take(&mut self.out)
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(&mut self.out, spare)
+    }
+
+    /// Returns an `Output` taken with [`Endpoint::take_output`] after it was performed.
+    pub fn recycle(&mut self, mut out: Output) {
+        out.packets.clear();
+        out.peers.clear();
+        self.spare = out;
     }
 
     /// Counts a peer message that could not be delivered (channel full).
@@ -364,11 +378,9 @@ impl Endpoint {
             return;
         }
         if !quiche::version_is_supported(hdr.version) {
-            let mut out = vec![0u8; MAX_DATAGRAM];
-            if let Ok(len) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
-                out.truncate(len);
-                self.out.packets.push((out, from));
-            }
+            let _ = self.out.packets.push_with(MAX_DATAGRAM, |out| {
+                quiche::negotiate_version(&hdr.scid, &hdr.dcid, out).map(|len| (len, from))
+            });
             return;
         }
         if hdr.ty != quiche::Type::Initial {
@@ -402,17 +414,18 @@ impl Endpoint {
         if need_retry && validated_odcid.is_none() {
             let new_scid = self.fresh_cid();
             let token = self.cfg.retry_key.mint(&from, &hdr.dcid, now_secs);
-            let mut out = vec![0u8; MAX_DATAGRAM];
-            if let Ok(len) = quiche::retry(
-                &hdr.scid,
-                &hdr.dcid,
-                &quiche::ConnectionId::from_ref(&new_scid),
-                &token,
-                hdr.version,
-                &mut out,
-            ) {
-                out.truncate(len);
-                self.out.packets.push((out, from));
+            let sent = self.out.packets.push_with(MAX_DATAGRAM, |out| {
+                quiche::retry(
+                    &hdr.scid,
+                    &hdr.dcid,
+                    &quiche::ConnectionId::from_ref(&new_scid),
+                    &token,
+                    hdr.version,
+                    out,
+                )
+                .map(|len| (len, from))
+            });
+            if sent.is_ok() {
                 self.stats.retries += 1;
             }
             return;
@@ -443,7 +456,7 @@ impl Endpoint {
         self.next_conn += 1;
         let id = ConnId::new(self.cfg.shard, self.next_conn);
         self.cids.insert(scid.to_vec(), id);
-        self.cids.insert(odcid, id);
+        self.cids.insert(odcid.clone(), id);
         self.handshaking += 1;
         self.conns.insert(
             id,
@@ -455,6 +468,7 @@ impl Endpoint {
                 closing: None,
                 last_send: Instant::now(),
                 deadline: None,
+                cids: vec![scid.to_vec(), odcid],
             },
         );
         self.recv(id, buf, from, to);
@@ -800,14 +814,13 @@ impl Endpoint {
 
     fn move_out(&mut self, id: ConnId, to: ShardId, entry: ConnEntry, join: Option<HandoffJoin>) {
         let expires = Instant::now() + MOVED_TTL;
-        self.cids.retain(|cid, c| {
-            if *c == id {
-                self.moved.insert(cid.clone(), (to, expires));
-                false
-            } else {
-                true
+        let mut entry = entry;
+        for cid in std::mem::take(&mut entry.cids) {
+            if self.cids.get(&cid) == Some(&id) {
+                self.cids.remove(&cid);
+                self.moved.insert(cid, (to, expires));
             }
-        });
+        }
         self.dirty.remove(&id);
         self.closing.remove(&id);
         self.stats.handoffs_out += 1;
@@ -847,9 +860,9 @@ impl Endpoint {
         self.stats.handoffs_in += 1;
         // Timers live in the owning shard's heap: re-arm here.
         entry.deadline = None;
-        let old: Vec<Vec<u8>> = entry.conn.source_ids().map(|c| c.to_vec()).collect();
-        for cid in old {
-            self.cids.insert(cid, id);
+        entry.cids = entry.conn.source_ids().map(|c| c.to_vec()).collect();
+        for cid in &entry.cids {
+            self.cids.insert(cid.clone(), id);
         }
         // Issue CIDs that name this shard, as many as the peer accepts, so every older CID is
         // retired (RETIRE_PRIOR_TO) and the client's packets name their owner from now on;
@@ -869,6 +882,7 @@ impl Endpoint {
                 .is_ok()
             {
                 self.cids.insert(cid.to_vec(), id);
+                entry.cids.push(cid.to_vec());
             }
         }
         if let App::Wt(wt) = &mut entry.app {
@@ -1025,11 +1039,11 @@ impl Endpoint {
             return;
         };
         loop {
-            match e.conn.send(&mut self.send_buf) {
-                Ok((len, info)) => {
-                    self.out
-                        .packets
-                        .push((self.send_buf[..len].to_vec(), info.to));
+            let conn = &mut e.conn;
+            match self.out.packets.push_with(MAX_DATAGRAM, |buf| {
+                conn.send(buf).map(|(len, info)| (len, info.to))
+            }) {
+                Ok(_) => {
                     e.last_send = t.mono;
                 }
                 Err(quiche::Error::Done) => break,
@@ -1045,7 +1059,11 @@ impl Endpoint {
             return;
         }
         while let Some(retired) = e.conn.retired_scid_next() {
-            self.cids.remove(retired.as_ref());
+            let retired: &[u8] = retired.as_ref();
+            if self.cids.get(retired) == Some(&id) {
+                self.cids.remove(retired);
+            }
+            e.cids.retain(|c| c.as_slice() != retired);
         }
         let deadline = e.conn.timeout_instant();
         if deadline != e.deadline {
@@ -1064,8 +1082,13 @@ impl Endpoint {
             if let Some(err) = e.conn.peer_error() {
                 tracing::debug!(shard = %self.cfg.shard, conn = %id, code = err.error_code, "peer closed");
             }
+            for cid in &e.cids {
+                // A client-chosen CID may have been reused by another connection since.
+                if self.cids.get(cid) == Some(&id) {
+                    self.cids.remove(cid);
+                }
+            }
         }
-        self.cids.retain(|_, c| *c != id);
         self.closing.remove(&id);
         self.core.handle_connection_closed(id, t);
         self.drive_core(t);

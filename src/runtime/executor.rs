@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use glommio::net::UdpSocket;
 
 use crate::core::ids::ShardId;
 use crate::quic::endpoint::{Endpoint, PeerMsg};
+use crate::runtime::udp;
 
 /// Longest sleep of the ticker: bounds the latency of control requests.
 const MAX_TICK: Duration = Duration::from_millis(5);
@@ -37,15 +38,16 @@ type Peers = Rc<Vec<Option<ConnectedSender<PeerMsg>>>>;
 
 async fn flush(ep: &Rc<RefCell<Endpoint>>, socket: &Rc<UdpSocket>, peers: &Peers) {
     loop {
-        let out = {
+        let mut out = {
             let mut e = ep.borrow_mut();
             e.flush();
             e.take_output()
         };
         if out.packets.is_empty() && out.peers.is_empty() {
+            ep.borrow_mut().recycle(out);
             return;
         }
-        for (to, msg) in out.peers {
+        for (to, msg) in out.peers.drain(..) {
             let kind = msg.kind();
             let sent = match peers.get(usize::from(to.0)).and_then(Option::as_ref) {
                 Some(tx) => tx.try_send(msg).is_ok(),
@@ -55,11 +57,21 @@ async fn flush(ep: &Rc<RefCell<Endpoint>>, socket: &Rc<UdpSocket>, peers: &Peers
                 ep.borrow_mut().count_peer_drop(kind);
             }
         }
-        for (pkt, to) in out.packets {
-            if let Err(e) = socket.send_to(&pkt, to).await {
-                tracing::debug!(error = %e, %to, "send_to failed");
+        let mut i = 0;
+        while i < out.packets.len() {
+            let r = udp::send_batch(socket.as_raw_fd(), &out.packets, i);
+            i = r.next;
+            if r.would_block {
+                // Socket buffer full: wait for room with one awaited send, then batch again.
+                if let Some((pkt, to)) = out.packets.get(i) {
+                    if let Err(e) = socket.send_to(pkt, to).await {
+                        tracing::debug!(error = %e, %to, "send_to failed");
+                    }
+                }
+                i += 1;
             }
         }
+        ep.borrow_mut().recycle(out);
     }
 }
 

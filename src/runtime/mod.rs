@@ -6,6 +6,7 @@ pub mod executor;
 pub mod latency;
 pub mod link;
 pub mod steering;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -153,6 +153,8 @@ struct ConnEntry {
     partial: Option<(Frame, usize)>,
     closing: Option<Closing>,
     last_send: Instant,
+    /// Time of this connection's armed entry in `Endpoint::timers` (entries at other times
+    /// are stale).
     deadline: Option<Instant>,
     /// Every key of `Endpoint::cids` naming this connection on this shard, so closing or
     /// moving it never scans the whole CID map.
@@ -918,10 +920,20 @@ impl Endpoint {
             }
             self.timers.pop();
             if let Some(e) = self.conns.get_mut(&id) {
+                // Entries that are not the armed one are stale: skip them.
                 if e.deadline == Some(at) {
                     e.deadline = None;
-                    e.conn.on_timeout();
-                    self.dirty.insert(id);
+                    match e.conn.timeout_instant() {
+                        Some(d) if d <= t.mono => {
+                            e.conn.on_timeout();
+                            self.dirty.insert(id);
+                        }
+                        Some(d) => {
+                            e.deadline = Some(d);
+                            self.timers.push(std::cmp::Reverse((d, id)));
+                        }
+                        None => {}
+                    }
                 }
             }
         }
@@ -1065,10 +1077,13 @@ impl Endpoint {
             }
             e.cids.retain(|c| c.as_slice() != retired);
         }
-        let deadline = e.conn.timeout_instant();
-        if deadline != e.deadline {
-            e.deadline = deadline;
-            if let Some(d) = deadline {
+        // Arm the heap only when the connection's deadline moves earlier than the entry
+        // already armed; a later deadline is found when that entry fires (on_tick re-arms).
+        // Most sends push the idle/PTO deadline later, so this keeps the heap to about one
+        // entry per connection instead of one per flush.
+        if let Some(d) = e.conn.timeout_instant() {
+            if e.deadline.is_none_or(|armed| d < armed) {
+                e.deadline = Some(d);
                 self.timers.push(std::cmp::Reverse((d, id)));
             }
         }

@@ -209,6 +209,28 @@ fn fanout_benches(c: &mut Criterion) {
             })
         });
     }
+    // A small meeting on a busy shard: the cost of one fan-out must not grow with the
+    // number of other connections the shard serves.
+    for others in [0u64, 10_000] {
+        let (mut shard, conns) = meeting_of(5);
+        let t = now();
+        for i in 0..others {
+            shard.handle_connection_opened(ConnId::new(ShardId(0), 1_000_000 + i), t);
+        }
+        let sender = conns[0];
+        g.throughput(Throughput::Elements(4));
+        g.bench_function(
+            BenchmarkId::new("meeting_of_5_beside_other_connections", others),
+            |b| {
+                b.iter(|| {
+                    let t = now();
+                    shard.handle_stream_data(sender, &frame, t);
+                    shard.process_all(t);
+                    drain(&mut shard)
+                })
+            },
+        );
+    }
     g.finish();
 }
 

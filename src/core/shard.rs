@@ -262,6 +262,8 @@ struct Conn {
     state: ConnState,
     outbound: VecDeque<Frame>,
     drops: u32,
+    /// Listed in `Shard::slow` (crossed the slow-consumer threshold, not yet reaped).
+    slow_listed: bool,
     tokens: f64,
     refilled: Instant,
     strikes: u32,
@@ -275,6 +277,7 @@ impl Conn {
             state: ConnState::AwaitingJoin,
             outbound: VecDeque::new(),
             drops: 0,
+            slow_listed: false,
             tokens: burst,
             refilled: now,
             strikes: 0,
@@ -306,6 +309,8 @@ pub struct Shard {
     inbox: VecDeque<Inbound>,
     writable: Vec<ConnId>,
     writable_set: HashSet<ConnId>,
+    /// Connections that crossed the slow-consumer threshold since the last reap.
+    slow: Vec<ConnId>,
     actions: VecDeque<Action>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     participant_seq: u64,
@@ -327,6 +332,7 @@ impl Shard {
             inbox: VecDeque::new(),
             writable: Vec::new(),
             writable_set: HashSet::new(),
+            slow: Vec::new(),
             actions: VecDeque::new(),
             timers: BinaryHeap::new(),
             participant_seq: 0,
@@ -1486,14 +1492,18 @@ impl Shard {
 
     /// Disconnects connections that crossed the slow-consumer threshold (after a fan-out, so
     /// the `participant_left` it causes is itself a clean fan-out).
+    ///
+    /// Only the connections listed when they crossed the threshold are looked at: a fan-out
+    /// never scans the shard's connection table.
     fn reap_slow_consumers(&mut self, now: Now) {
-        loop {
-            let victim = self.conns.iter().find_map(|(id, c)| {
-                (c.drops >= self.cfg.slow_consumer_drops
-                    && matches!(c.state, ConnState::Joined { .. }))
-                .then_some(*id)
-            });
-            let Some(v) = victim else { return };
+        while let Some(v) = self.slow.pop() {
+            let Some(c) = self.conns.get_mut(&v) else {
+                continue;
+            };
+            c.slow_listed = false;
+            if !matches!(c.state, ConnState::Joined { .. }) {
+                continue;
+            }
             self.stats.slow_consumers += 1;
             tracing::warn!(shard = %self.cfg.shard, conn = %v, "slow consumer disconnected");
             self.disconnect_lost(v, now, "slow consumer");
@@ -1506,6 +1516,10 @@ impl Shard {
         };
         if c.outbound.len() >= self.cfg.mailbox_size {
             c.drops += 1;
+            if c.drops >= self.cfg.slow_consumer_drops && !c.slow_listed {
+                c.slow_listed = true;
+                self.slow.push(conn);
+            }
             *self
                 .stats
                 .dropped

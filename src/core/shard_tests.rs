@@ -574,6 +574,56 @@ fn slow_consumer_is_cut_off_without_hurting_the_others() {
 }
 
 #[test]
+fn several_slow_consumers_in_one_meeting_are_each_cut_off_once() {
+    let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
+    cfg.mailbox_size = 4;
+    cfg.slow_consumer_drops = 2;
+    cfg.rate_burst = 10_000.0;
+    let mut h = Harness::new(cfg);
+    let (sender, _) = h.joined("s", Role::Participant);
+    let (good, good_id) = h.joined("s", Role::Participant);
+    let slow: Vec<_> = (0..3).map(|_| h.joined("s", Role::Participant)).collect();
+    h.recv(sender);
+    h.recv(good);
+    for i in 0..12 {
+        h.send(
+            sender,
+            &ClientMessage::Message {
+                payload: serde_json::json!(i),
+                to: None,
+            },
+        );
+        h.recv(sender);
+        h.recv(good);
+    }
+    assert_eq!(h.shard.stats().slow_consumers, 3);
+    let closes = h.closes();
+    for (conn, _) in &slow {
+        assert_eq!(
+            closes
+                .iter()
+                .filter(|c| **c == (*conn, close_code::SLOW_OR_FLOOD))
+                .count(),
+            1,
+            "{closes:?}"
+        );
+    }
+    assert!(!closes.iter().any(|(c, _)| *c == good || *c == sender));
+    // The good reader is still in the meeting and still gets messages.
+    h.send(
+        sender,
+        &ClientMessage::Message {
+            payload: serde_json::json!("after"),
+            to: None,
+        },
+    );
+    assert!(h.recv(good).iter().any(|m| matches!(
+        m,
+        ServerMessage::Message { from, .. } if *from != good_id
+    )));
+}
+
+#[test]
 fn rate_limit_then_flood_disconnect() {
     let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
     cfg.rate_limit = 1.0;

@@ -490,6 +490,68 @@ fn vanished_client_times_out_after_resume_window() {
     a.expect("participant_left timeout", |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Timeout } if *participant_id == b_id));
 }
 
+/// Frames queued for a client that vanished (no close, no more ACKs) are held, bounded by
+/// `--mailbox-size`, until the QUIC idle timeout ends its connection; then the `connection`
+/// mailbox is empty again even though nothing else happens on the server.
+#[test]
+fn backlog_of_a_vanished_client_is_released_at_its_idle_timeout() {
+    let server = Server::start(
+        "vanished-backlog",
+        &[
+            "--shards",
+            "1",
+            "--idle-timeout",
+            "2s",
+            "--mailbox-size",
+            "32",
+            "--slow-consumer-drops",
+            "1000000",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ],
+    );
+    let depth = |server: &Server| {
+        support::metric_sum(
+            &server.metrics(),
+            "mc_actor_mailbox_depth",
+            "actor_type=\"connection\"",
+        )
+    };
+    let mut sender = Client::connect(server.quic);
+    sender.join_ok("gone", &server.token("gone", Role::Participant, "s"), "s");
+    let mut away = Client::connect_with_stream_window(server.quic, 512);
+    away.join_ok("gone", &server.token("gone", Role::Participant, "a"), "a");
+    away.vanish();
+    let pad = "x".repeat(1000);
+    for i in 0..20 {
+        sender.send(&ClientMessage::Message {
+            payload: serde_json::json!({ "i": i, "pad": pad }),
+            to: None,
+        });
+        sender.io(Duration::from_millis(1));
+    }
+    // The backlog shows up in the gauge (sampled about once a second)...
+    let deadline = std::time::Instant::now() + T;
+    let mut peak = 0.0;
+    while std::time::Instant::now() < deadline && peak == 0.0 {
+        sender.io(Duration::from_millis(100));
+        peak = depth(&server);
+    }
+    assert!(peak > 0.0, "frames for the vanished client are queued");
+    assert!(peak <= 32.0, "bounded by --mailbox-size: {peak}");
+    // ...and is gone once the idle timeout ended the connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut now_depth = peak;
+    while std::time::Instant::now() < deadline && now_depth > 0.0 {
+        sender.io(Duration::from_millis(200));
+        now_depth = depth(&server);
+    }
+    assert_eq!(now_depth, 0.0, "backlog released after the idle timeout");
+    assert!(!sender.is_closed(), "the sender was not affected");
+}
+
 #[test]
 fn slow_consumer_is_disconnected_and_the_meeting_carries_on() {
     let server = Server::start(

@@ -181,6 +181,7 @@ fn values_are_the_shards_figures_at_scrape_time() {
         s.token_failures = vec![("expired", 3)];
         s.handshakes = 20;
         s.datagrams_forwarded = 31;
+        s.udp_receive_drops = Some(17);
         s.handoffs_out = 6;
         s.cpu_seconds = 2.5;
     });
@@ -259,6 +260,13 @@ fn values_are_the_shards_figures_at_scrape_time() {
     assert_eq!(v("mc_token_failures_total", &[("reason", "expired")]), 3.0);
     assert_eq!(v("mc_handshakes_total", &[]), 20.0);
     assert_eq!(v("mc_datagrams_forwarded_total", &[]), 31.0);
+    assert_eq!(v("mc_udp_receive_drops_total", &[]), 17.0);
+    // A shard whose kernel does not report drops has no series rather than a false zero.
+    let other = if m == 0 { "1" } else { "0" };
+    assert_eq!(
+        metric_value(&text, "mc_udp_receive_drops_total", &[("shard", other)]),
+        None
+    );
     assert_eq!(v("mc_connection_handoffs_total", &[]), 6.0);
     assert_eq!(v("mc_shard_cpu_seconds_total", &[]), 2.5);
 

@@ -633,6 +633,7 @@ fn shard_json(v: &ShardView, stale_after: Duration) -> serde_json::Value {
         "processing": processing,
         "datagrams_received": s.datagrams_received,
         "datagrams_forwarded": s.datagrams_forwarded,
+        "udp_receive_drops": s.udp_receive_drops,
         "handoffs_out": s.handoffs_out,
         "handoffs_in": s.handoffs_in,
         "handshakes": s.handshakes,

@@ -434,6 +434,18 @@ impl Collector for ShardCollector {
         )?;
         counter(
             e,
+            "mc_udp_receive_drops",
+            "Datagrams the kernel dropped for the shard's UDP socket, mostly because its receive queue was full (raise net.core.rmem_max)",
+            &views
+                .iter()
+                .filter_map(|v| {
+                    let d = v.snapshot.udp_receive_drops?;
+                    Some((vec![("shard", v.shard.to_string())], d as f64))
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            e,
             "mc_connection_handoffs",
             "Connections handed to another shard (outbound)",
             &per_shard(&views, |v| v.snapshot.handoffs_out as f64),

@@ -231,6 +231,8 @@ pub struct Endpoint {
     stopping: bool,
     /// Connections accepted here whose handshake has not completed.
     handshaking: usize,
+    /// Reads the kernel's drop count of this shard's socket (set by the I/O glue).
+    kernel_drops: Option<Box<dyn Fn() -> Option<u64>>>,
 }
 
 /// Wall clock plus monotonic clock, read once per batch.
@@ -282,6 +284,7 @@ impl Endpoint {
             cpu,
             stopping: false,
             handshaking: 0,
+            kernel_drops: None,
         }
     }
 
@@ -293,6 +296,11 @@ impl Endpoint {
     /// True once a `Shutdown` request was served.
     pub fn stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// Lets snapshots report the kernel's drop count of the shard's socket.
+    pub fn set_kernel_drops_probe(&mut self, probe: Box<dyn Fn() -> Option<u64>>) {
+        self.kernel_drops = Some(probe);
     }
 
     /// Takes what must be sent. Give it back with [`Endpoint::recycle`] once sent so its
@@ -1141,6 +1149,7 @@ impl Endpoint {
             handshakes_shed: self.stats.handshakes_shed,
             datagrams_received: self.stats.datagrams_received,
             datagrams_forwarded: self.stats.datagrams_forwarded,
+            udp_receive_drops: self.kernel_drops.as_ref().and_then(|probe| probe()),
             handoffs_out: self.stats.handoffs_out,
             handoffs_in: self.stats.handoffs_in,
             cpu_seconds: thread_cpu_seconds(),

@@ -86,6 +86,9 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
     } = parts;
     // SAFETY: the fd is a bound, non-blocking UDP socket we own.
     let socket = Rc::new(unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let mut ep = ep;
+    let fd = socket.as_raw_fd();
+    ep.set_kernel_drops_probe(Box::new(move || udp::receive_drops(fd)));
     let ep = Rc::new(RefCell::new(ep));
     // Connect both directions concurrently: a sender's connect waits for its receiver. The
     // reactor only re-checks pending connections when it wakes up, so keep it awake with a

@@ -176,6 +176,8 @@ pub struct ShardSnapshot {
     pub datagrams_received: u64,
     /// Datagrams this shard received for another shard's connection and forwarded.
     pub datagrams_forwarded: u64,
+    /// Datagrams the kernel dropped for this shard's socket (receive queue full), if known.
+    pub udp_receive_drops: Option<u64>,
     /// Connections handed to another shard.
     pub handoffs_out: u64,
     /// Connections adopted from another shard.

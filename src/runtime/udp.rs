@@ -122,6 +122,27 @@ pub fn send_batch(fd: RawFd, d: &Datagrams, from: usize) -> Sent {
     r
 }
 
+/// Datagrams the kernel dropped for this socket since it was opened, mostly because its
+/// receive queue was full (`SO_MEMINFO`, the `drops` column of `/proc/net/udp`). One
+/// non-blocking `getsockopt`; `None` where the kernel does not report it.
+pub fn receive_drops(fd: RawFd) -> Option<u64> {
+    const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+    let mut info = [0u32; VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most `len` and updates it.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let have = usize::try_from(len).unwrap_or(0) / size_of::<u32>();
+    (ret == 0 && have >= VARS).then(|| u64::from(info[libc::SK_MEMINFO_DROPS as usize]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +196,29 @@ mod tests {
             assert_eq!((r.next, r.sent, r.failed), (2, 1, 1), "{r:?}");
             assert_eq!(recv_all(&a, 1), vec![b"after".to_vec()]);
         }
+    }
+
+    #[test]
+    fn receive_drops_counts_datagrams_a_full_queue_refused() {
+        let rx = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        rx.set_recv_buffer_size(2048).unwrap(); // the kernel's minimum: a few datagrams
+        rx.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let to = rx.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(receive_drops(rx.as_raw_fd()), Some(0));
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            let _ = tx.send_to(&[1u8; 1000], to);
+        }
+        // Nobody reads `rx`: most of the 200 datagrams did not fit.
+        let drops = receive_drops(rx.as_raw_fd()).expect("Linux reports SO_MEMINFO");
+        assert!(drops >= 100, "{drops}");
+        assert!(drops <= 200, "{drops}");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use mc::control::fake_gc::{FakeGc, FakeGcConfig};
 use mc::core::protocol::{ClientMessage, EndReason, ErrorCode, MediaHandler, Role, ServerMessage};
-use support::{http_request, participant_id, unique_dir, Client, Server};
+use support::{
+    http_request, metric_sum, metric_values, participant_id, unique_dir, Client, Server,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -15,25 +17,6 @@ fn write_secret(dir: &std::path::Path, name: &str, value: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, value).unwrap();
     p.display().to_string()
-}
-
-fn metric_values<'a>(metrics: &'a str, name: &str) -> Vec<(&'a str, f64)> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter_map(|l| {
-            let (labels, v) = l.rsplit_once(' ')?;
-            Some((labels, v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn sum(metrics: &str, name: &str, filter: &str) -> f64 {
-    metric_values(metrics, name)
-        .into_iter()
-        .filter(|(l, _)| l.contains(filter))
-        .map(|(_, v)| v)
-        .sum()
 }
 
 #[test]
@@ -83,21 +66,21 @@ fn metrics_have_every_named_series_for_every_shard() {
     }
     assert!(m.contains("mc_gc_registered"), "mc_gc_registered missing");
     assert_eq!(
-        sum(&m, "mc_meetings_active", ""),
+        metric_sum(&m, "mc_meetings_active", ""),
         1.0,
         "one meeting in total"
     );
-    assert_eq!(sum(&m, "mc_connections_active", ""), 2.0);
+    assert_eq!(metric_sum(&m, "mc_connections_active", ""), 2.0);
     // The message was processed by the meeting actor: its histogram counted it.
     assert!(
-        sum(
+        metric_sum(
             &m,
             "mc_message_processing_duration_seconds_count",
             "actor_type=\"meeting\""
         ) >= 1.0
     );
     assert!(
-        sum(
+        metric_sum(
             &m,
             "mc_message_processing_duration_seconds_count",
             "actor_type=\"connection\""

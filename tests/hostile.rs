@@ -24,7 +24,7 @@ use mc::core::protocol::{
     ClientMessage, EndReason, ErrorCode, LeaveReason, ResumeRequest, Role, ServerMessage,
 };
 use mc::core::token::MintClaims;
-use support::{participant_id, unix_secs, Client, Closed, Server};
+use support::{metric_sum_where, participant_id, unix_secs, Client, Closed, Server};
 
 const T: Duration = Duration::from_secs(10);
 const CONTROL: &str = "control";
@@ -179,23 +179,6 @@ fn expect_answered_and_open(c: &mut Client, what: &str, code: ErrorCode) {
     assert!(c.closed().is_none(), "{what}: connection closed");
 }
 
-/// Sum of a counter over all series whose labels contain every `label="value"` given.
-fn counter(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn join_msg(meeting: &str, token: &str, name: &str) -> ClientMessage {
     ClientMessage::Join {
         meeting_id: meeting.into(),
@@ -218,7 +201,7 @@ fn claims_json(meeting: &str, iat: u64, exp: u64) -> String {
 
 /// Joins with `token` and expects `unauthorized` + `0x102`, and the counter of `reason` to grow.
 fn expect_token_refused(rig: &mut Rig, what: &str, meeting: &str, token: &str, reason: &str) {
-    let before = counter(
+    let before = metric_sum_where(
         &rig.metrics(),
         "mc_token_failures_total",
         &[("reason", reason)],
@@ -242,7 +225,7 @@ fn expect_token_refused(rig: &mut Rig, what: &str, meeting: &str, token: &str, r
         }),
         "{what}"
     );
-    let after = counter(
+    let after = metric_sum_where(
         &rig.metrics(),
         "mc_token_failures_total",
         &[("reason", reason)],
@@ -1097,7 +1080,7 @@ fn case_resume_with_own_binding_token_for_another(rig: &mut Rig) {
     else {
         unreachable!()
     };
-    let before = counter(
+    let before = metric_sum_where(
         &rig.metrics(),
         "mc_token_failures_total",
         &[("reason", "bad_binding")],
@@ -1127,7 +1110,7 @@ fn case_resume_with_own_binding_token_for_another(rig: &mut Rig) {
     // An oversized binding token and a participant id that is not in this meeting.
     attempt(rig, &a_id, "victim", &"A".repeat(4096));
     attempt(rig, "p0-ffffff", "mallory", &binding_token);
-    let after = counter(
+    let after = metric_sum_where(
         &rig.metrics(),
         "mc_token_failures_total",
         &[("reason", "bad_binding")],
@@ -1221,7 +1204,7 @@ fn case_end_meeting_then_keep_sending(rig: &mut Rig) {
 // -----------------------------------------------------------------------------------------
 
 fn case_join_never_sent(rig: &mut Rig) {
-    let before = counter(&rig.metrics(), "mc_joins_total", &[("result", "timeout")]);
+    let before = metric_sum_where(&rig.metrics(), "mc_joins_total", &[("result", "timeout")]);
     // A handshake and nothing else; and a stream opened with a partial header only.
     let mut idle = rig.connect();
     let mut partial = rig.connect();
@@ -1239,7 +1222,7 @@ fn case_join_never_sent(rig: &mut Rig) {
     assert_eq!(idle.closed(), timed_out, "idle connection");
     assert_eq!(partial.closed(), timed_out, "partial header");
     partial.expect("error before close", is_error(ErrorCode::InvalidRequest));
-    let after = counter(&rig.metrics(), "mc_joins_total", &[("result", "timeout")]);
+    let after = metric_sum_where(&rig.metrics(), "mc_joins_total", &[("result", "timeout")]);
     assert!(
         after >= before + 2.0,
         "mc_joins_total{{result=\"timeout\"}}: {before} -> {after}"
@@ -1285,7 +1268,7 @@ fn case_slowloris_join(rig: &mut Rig) {
 
 fn case_connection_storm(rig: &mut Rig) {
     const N: usize = 200;
-    let before = counter(&rig.metrics(), "mc_handshakes_total", &[]);
+    let before = metric_sum_where(&rig.metrics(), "mc_handshakes_total", &[]);
     let mut clients = Vec::with_capacity(N);
     let mut failed = 0;
     for i in 0..N {
@@ -1336,7 +1319,7 @@ fn case_connection_storm(rig: &mut Rig) {
         clients.len(),
         &not_timed_out[..not_timed_out.len().min(5)]
     );
-    let after = counter(&rig.metrics(), "mc_handshakes_total", &[]);
+    let after = metric_sum_where(&rig.metrics(), "mc_handshakes_total", &[]);
     assert!(
         after - before >= clients.len() as f64,
         "handshakes {before} -> {after}"
@@ -1491,7 +1474,7 @@ fn case_udp_garbage(rig: &mut Rig) {
     // Short-header packets whose DCID names shard 0, shard 1 and shard 7 in our CID layout but
     // no live connection: routed (by the kernel steering program or by forwarding) to the
     // named shard if it exists, then dropped as unknown, never answered.
-    let before = counter(&rig.metrics(), "mc_datagrams_received_total", &[]);
+    let before = metric_sum_where(&rig.metrics(), "mc_datagrams_received_total", &[]);
     const PER_SHARD: usize = 20;
     for shard in [0u16, 1, 7] {
         for _ in 0..PER_SHARD {
@@ -1512,7 +1495,7 @@ fn case_udp_garbage(rig: &mut Rig) {
     let mut after = before;
     while after < want && Instant::now() < deadline {
         rig.pump();
-        after = counter(&rig.metrics(), "mc_datagrams_received_total", &[]);
+        after = metric_sum_where(&rig.metrics(), "mc_datagrams_received_total", &[]);
     }
     assert!(
         after >= want,
@@ -1753,7 +1736,7 @@ fn case_flooding(rig: &mut Rig) {
     w.expect("f joined", |m| {
         matches!(m, ServerMessage::ParticipantJoined { .. })
     });
-    let before = counter(
+    let before = metric_sum_where(
         &rig.metrics(),
         "mc_messages_dropped_total",
         &[("actor_type", "connection"), ("reason", "rate_limited")],
@@ -1794,7 +1777,7 @@ fn case_flooding(rig: &mut Rig) {
         wait_left(rig, &mut w, &f_id, T),
         Some(LeaveReason::ConnectionLost)
     );
-    let after = counter(
+    let after = metric_sum_where(
         &rig.metrics(),
         "mc_messages_dropped_total",
         &[("actor_type", "connection"), ("reason", "rate_limited")],
@@ -1978,7 +1961,7 @@ fn run(rig: &mut Rig, cases: &[Case]) {
         case(rig);
         rig.check(name);
     }
-    let panics = counter(&rig.metrics(), "mc_actor_panics_total", &[]);
+    let panics = metric_sum_where(&rig.metrics(), "mc_actor_panics_total", &[]);
     assert_eq!(panics, 0.0, "a hostile case made an actor panic");
 }
 
@@ -2146,7 +2129,7 @@ fn junk_initials_do_not_lock_out_clients() {
         ],
     );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let before = counter(&server.metrics(), "mc_connections_active", &[]);
+    let before = metric_sum_where(&server.metrics(), "mc_connections_active", &[]);
     for i in 0..300u32 {
         let mut dcid = [0u8; 8];
         dcid[..4].copy_from_slice(&i.to_be_bytes());
@@ -2160,8 +2143,8 @@ fn junk_initials_do_not_lock_out_clients() {
     eprintln!(
         "after junk: connections {} -> {}, shed {}",
         before,
-        counter(&m, "mc_connections_active", &[]),
-        counter(&m, "mc_handshakes_shed_total", &[])
+        metric_sum_where(&m, "mc_connections_active", &[]),
+        metric_sum_where(&m, "mc_handshakes_shed_total", &[])
     );
     let c = Client::try_connect(server.quic, Duration::from_secs(5));
     assert!(

@@ -469,13 +469,41 @@ pub fn dev_dir_signer(dir: &Path) -> TokenSigner {
     TokenSigner::from_pkcs8_pem(&pem, mc::dev::DEV_KID).unwrap()
 }
 
+/// Every series of `name` in a Prometheus text exposition: `(labels, value)`, where `labels`
+/// is the `name{...}` part (empty braces absent for series without labels).
+pub fn metric_values<'a>(metrics: &'a str, name: &str) -> Vec<(&'a str, f64)> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| {
+            let (labels, v) = l.rsplit_once(' ')?;
+            Some((labels, v.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Sum of every series of `name` (a counter or gauge) whose labels contain `label_filter`
 /// (`""` for all), read from a Prometheus text exposition.
 pub fn metric_sum(metrics: &str, name: &str, label_filter: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| l.contains(label_filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    metric_values(metrics, name)
+        .into_iter()
+        .filter(|(l, _)| l.contains(label_filter))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Sum of every series of `name` whose labels include every `label="value"` given.
+pub fn metric_sum_where(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_values(metrics, name)
+        .into_iter()
+        .filter(|(l, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v)
         .sum()
 }

@@ -194,6 +194,8 @@ pub struct ServerFigures {
     pub mailbox_max: f64,
     /// Σ `mc_datagrams_forwarded_total`.
     pub datagrams_forwarded: f64,
+    /// Σ `mc_udp_receive_drops_total` (the kernel's drops on the controller's sockets).
+    pub udp_receive_drops: f64,
     /// Σ `mc_connection_handoffs_total`.
     pub handoffs: f64,
     /// Σ `mc_shard_cpu_seconds_total` over shards.
@@ -215,6 +217,7 @@ impl ServerFigures {
                 "mc_messages_dropped_total" => f.dropped += s.value,
                 "mc_actor_mailbox_depth" => f.mailbox_max = f.mailbox_max.max(s.value),
                 "mc_datagrams_forwarded_total" => f.datagrams_forwarded += s.value,
+                "mc_udp_receive_drops_total" => f.udp_receive_drops += s.value,
                 "mc_connection_handoffs_total" => f.handoffs += s.value,
                 "mc_shard_cpu_seconds_total" => {
                     f.cpu_seconds += s.value;
@@ -247,6 +250,8 @@ mc_messages_dropped_total{actor_type="meeting",reason="inbox_full"} 3
 mc_actor_mailbox_depth{shard="0",actor_type="connection"} 12
 mc_actor_mailbox_depth{shard="1",actor_type="connection"} 40
 mc_datagrams_forwarded_total 100
+mc_udp_receive_drops_total{shard="0"} 4
+mc_udp_receive_drops_total{shard="1"} 5
 mc_connection_handoffs_total{from="0",to="1"} 5
 mc_shard_cpu_seconds_total{shard="0"} 1.5
 mc_shard_cpu_seconds_total{shard="1"} 2.25
@@ -260,6 +265,7 @@ weird{a="x\"y",b="c,d"} 1e3 1700000000
         assert_eq!(f.dropped, 10.0);
         assert_eq!(f.mailbox_max, 40.0);
         assert_eq!(f.datagrams_forwarded, 100.0);
+        assert_eq!(f.udp_receive_drops, 9.0);
         assert_eq!(f.handoffs, 5.0);
         assert_eq!(f.cpu_seconds, 3.75);
         assert_eq!(f.shards, 2);

@@ -19,6 +19,8 @@ pub struct ServerReport {
     pub mailbox_peak: f64,
     /// Increase of `mc_datagrams_forwarded_total`.
     pub datagrams_forwarded: f64,
+    /// Increase of `mc_udp_receive_drops_total`: datagrams the controller's kernel dropped.
+    pub udp_receive_drops: f64,
     /// Increase of `mc_connection_handoffs_total`.
     pub handoffs: f64,
     /// Shard CPU seconds spent during the measured window.
@@ -60,6 +62,7 @@ impl ServerReport {
             dropped: after.dropped - before.dropped,
             mailbox_peak: mailbox_peak.max(after.mailbox_max),
             datagrams_forwarded: after.datagrams_forwarded - before.datagrams_forwarded,
+            udp_receive_drops: after.udp_receive_drops - before.udp_receive_drops,
             handoffs: after.handoffs - before.handoffs,
             cpu_seconds_window: window.map(|(a, b)| b.cpu_seconds - a.cpu_seconds),
             deliveries_window,
@@ -190,6 +193,7 @@ impl Report {
                 "messages_dropped": sv.dropped,
                 "mailbox_depth_peak": sv.mailbox_peak,
                 "datagrams_forwarded": sv.datagrams_forwarded,
+                "udp_receive_drops": sv.udp_receive_drops,
                 "connection_handoffs": sv.handoffs,
                 "cpu_seconds_window": sv.cpu_seconds_window,
                 "deliveries_window": sv.deliveries_window,
@@ -327,8 +331,8 @@ impl Report {
             Some(sv) => {
                 let _ = writeln!(
                     t,
-                    "server       dropped +{}  mailbox peak {}  datagrams forwarded +{}  handoffs +{}",
-                    sv.dropped, sv.mailbox_peak, sv.datagrams_forwarded, sv.handoffs
+                    "server       dropped +{}  mailbox peak {}  datagrams forwarded +{}  handoffs +{}  kernel udp drops +{}",
+                    sv.dropped, sv.mailbox_peak, sv.datagrams_forwarded, sv.handoffs, sv.udp_receive_drops
                 );
                 match (sv.cpu_seconds_window, sv.cpu_per_million()) {
                     (Some(cpu), Some(per)) => {

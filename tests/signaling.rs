@@ -501,7 +501,7 @@ fn backlog_of_a_vanished_client_is_released_at_its_idle_timeout() {
             "--shards",
             "1",
             "--idle-timeout",
-            "2s",
+            "4s",
             "--mailbox-size",
             "32",
             "--slow-consumer-drops",

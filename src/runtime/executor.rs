@@ -36,7 +36,13 @@ pub struct ShardParts {
 
 type Peers = Rc<Vec<Option<ConnectedSender<PeerMsg>>>>;
 
-async fn flush(ep: &Rc<RefCell<Endpoint>>, socket: &Rc<UdpSocket>, peers: &Peers) {
+/// The shard's socket and the reusable `sendmmsg` arrays that write to it.
+struct Wire {
+    socket: UdpSocket,
+    batcher: RefCell<udp::Batcher>,
+}
+
+async fn flush(ep: &Rc<RefCell<Endpoint>>, wire: &Rc<Wire>, peers: &Peers) {
     loop {
         let mut out = {
             let mut e = ep.borrow_mut();
@@ -59,12 +65,16 @@ async fn flush(ep: &Rc<RefCell<Endpoint>>, socket: &Rc<UdpSocket>, peers: &Peers
         }
         let mut i = 0;
         while i < out.packets.len() {
-            let r = udp::send_batch(socket.as_raw_fd(), &out.packets, i);
+            // Not held across an await: the borrow ends with the call.
+            let r = wire
+                .batcher
+                .borrow_mut()
+                .send(wire.socket.as_raw_fd(), &out.packets, i);
             i = r.next;
             if r.would_block {
                 // Socket buffer full: wait for room with one awaited send, then batch again.
                 if let Some((pkt, to)) = out.packets.get(i) {
-                    if let Err(e) = socket.send_to(pkt, to).await {
+                    if let Err(e) = wire.socket.send_to(pkt, to).await {
                         tracing::debug!(error = %e, %to, "send_to failed");
                     }
                 }
@@ -85,9 +95,12 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
         peer_rx,
     } = parts;
     // SAFETY: the fd is a bound, non-blocking UDP socket we own.
-    let socket = Rc::new(unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) });
+    let wire = Rc::new(Wire {
+        socket: unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) },
+        batcher: RefCell::new(udp::Batcher::default()),
+    });
     let mut ep = ep;
-    let fd = socket.as_raw_fd();
+    let fd = wire.socket.as_raw_fd();
     ep.set_kernel_drops_probe(Box::new(move || udp::receive_drops(fd)));
     let ep = Rc::new(RefCell::new(ep));
     // Connect both directions concurrently: a sender's connect waits for its receiver. The
@@ -127,24 +140,24 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
     let mut tasks = Vec::new();
     for rx in receivers {
         let rx: ConnectedReceiver<PeerMsg> = rx;
-        let (ep, socket, peers) = (ep.clone(), socket.clone(), peers.clone());
+        let (ep, wire, peers) = (ep.clone(), wire.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
                 ep.borrow_mut().on_peer(msg);
-                flush(&ep, &socket, &peers).await;
+                flush(&ep, &wire, &peers).await;
                 glommio::yield_if_needed().await;
             }
         }));
     }
     {
-        let (ep, socket, peers) = (ep.clone(), socket.clone(), peers.clone());
+        let (ep, wire, peers) = (ep.clone(), wire.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             let mut buf = vec![0u8; 65536];
             loop {
-                match socket.recv_from(&mut buf).await {
+                match wire.socket.recv_from(&mut buf).await {
                     Ok((n, from)) => {
                         ep.borrow_mut().on_datagram(&mut buf[..n], from, local);
-                        flush(&ep, &socket, &peers).await;
+                        flush(&ep, &wire, &peers).await;
                         // A busy socket must not starve the ticker (timers, control requests).
                         glommio::yield_if_needed().await;
                     }
@@ -168,7 +181,7 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
         };
         glommio::timer::sleep(wait).await;
         ep.borrow_mut().on_tick();
-        flush(&ep, &socket, &peers).await;
+        flush(&ep, &wire, &peers).await;
         let (stopping, stopped) = {
             let e = ep.borrow();
             (e.stopping(), e.stopped())

@@ -36,6 +36,8 @@ fn sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen
             sin.sin_addr = libc::in_addr {
                 s_addr: u32::from_ne_bytes(a.ip().octets()),
             };
+            // The slot is reused: clear what an earlier IPv6 address left here.
+            sin.sin_zero = [0; 8];
             size_of::<libc::sockaddr_in>() as libc::socklen_t
         }
         SocketAddr::V6(a) => {
@@ -54,72 +56,93 @@ fn sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen
     }
 }
 
-/// Sends datagrams `from..` of `d` on the non-blocking UDP socket `fd` without waiting: as
-/// many as the socket buffer takes, [`BATCH`] per system call.
-pub fn send_batch(fd: RawFd, d: &Datagrams, from: usize) -> Sent {
-    let mut r = Sent {
-        next: from,
-        sent: 0,
-        failed: 0,
-        would_block: false,
-    };
-    // SAFETY: all-zero is a valid value of these plain C structs.
-    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { zeroed() };
-    let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
-    let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-    while r.next < d.len() {
-        let n = (d.len() - r.next).min(BATCH);
-        for k in 0..n {
-            let Some((pkt, to)) = d.get(r.next + k) else {
-                break;
-            };
-            let len = sockaddr(to, &mut addrs[k]);
-            iovs[k] = libc::iovec {
-                iov_base: pkt.as_ptr() as *mut libc::c_void,
-                iov_len: pkt.len(),
-            };
-            // SAFETY: all-zero is a valid msghdr (no control data, no flags).
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut addrs[k] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = len;
-            h.msg_iov = &mut iovs[k];
-            h.msg_iovlen = 1;
-            hdrs[k] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
-        }
-        // SAFETY: `hdrs[..n]` point into `addrs`, `iovs` and `d`'s buffer, all alive and
-        // unaliased for the duration of the call; the kernel only reads them (and writes
-        // `msg_len`).
-        let ret =
-            unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
-        if ret >= 0 {
-            let done = ret as usize;
-            r.sent += done;
-            r.next += done;
-            if done == 0 {
-                r.would_block = true;
-                return r;
-            }
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::WouldBlock => {
-                r.would_block = true;
-                return r;
-            }
-            std::io::ErrorKind::Interrupted => continue,
-            _ => {
-                // The first datagram of the call was refused (unreachable, too big…): skip it.
-                tracing::debug!(error = %err, to = ?d.get(r.next).map(|(_, to)| to), "sendmmsg refused a datagram");
-                r.failed += 1;
-                r.next += 1;
+/// The `sendmmsg` argument arrays of one shard, allocated once and reused by every call, so a
+/// flush of one datagram does not zero 13 KiB of headers first.
+pub struct Batcher {
+    addrs: Box<[libc::sockaddr_storage; BATCH]>,
+    iovs: Box<[libc::iovec; BATCH]>,
+    hdrs: Box<[libc::mmsghdr; BATCH]>,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        unsafe {
+            Self {
+                addrs: Box::new(zeroed()),
+                iovs: Box::new(zeroed()),
+                hdrs: Box::new(zeroed()),
             }
         }
     }
-    r
+}
+
+impl Batcher {
+    /// Sends datagrams `from..` of `d` on the non-blocking UDP socket `fd` without waiting:
+    /// as many as the socket buffer takes, [`BATCH`] per system call.
+    pub fn send(&mut self, fd: RawFd, d: &Datagrams, from: usize) -> Sent {
+        let Self { addrs, iovs, hdrs } = self;
+        let mut r = Sent {
+            next: from,
+            sent: 0,
+            failed: 0,
+            would_block: false,
+        };
+        while r.next < d.len() {
+            let n = (d.len() - r.next).min(BATCH);
+            for k in 0..n {
+                let Some((pkt, to)) = d.get(r.next + k) else {
+                    break;
+                };
+                let len = sockaddr(to, &mut addrs[k]);
+                iovs[k] = libc::iovec {
+                    iov_base: pkt.as_ptr() as *mut libc::c_void,
+                    iov_len: pkt.len(),
+                };
+                // SAFETY: all-zero is a valid msghdr (no control data, no flags).
+                let mut h: libc::msghdr = unsafe { zeroed() };
+                h.msg_name = (&mut addrs[k] as *mut libc::sockaddr_storage).cast();
+                h.msg_namelen = len;
+                h.msg_iov = &mut iovs[k];
+                h.msg_iovlen = 1;
+                hdrs[k] = libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                };
+            }
+            // SAFETY: `hdrs[..n]` point into `addrs`, `iovs` and `d`'s buffer, all alive and
+            // unaliased for the duration of the call; the kernel only reads them (and writes
+            // `msg_len`).
+            let ret = unsafe {
+                libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT)
+            };
+            if ret >= 0 {
+                let done = ret as usize;
+                r.sent += done;
+                r.next += done;
+                if done == 0 {
+                    r.would_block = true;
+                    return r;
+                }
+                continue;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::WouldBlock => {
+                    r.would_block = true;
+                    return r;
+                }
+                std::io::ErrorKind::Interrupted => continue,
+                _ => {
+                    // The first datagram of the call was refused (unreachable, too big…): skip it.
+                    tracing::debug!(error = %err, to = ?d.get(r.next).map(|(_, to)| to), "sendmmsg refused a datagram");
+                    r.failed += 1;
+                    r.next += 1;
+                }
+            }
+        }
+        r
+    }
 }
 
 /// Datagrams the kernel dropped for this socket since it was opened, mostly because its
@@ -171,7 +194,7 @@ mod tests {
         for i in 0..total {
             d.push(&(i as u32).to_be_bytes(), a.local_addr().unwrap());
         }
-        let r = send_batch(tx.as_raw_fd(), &d, 0);
+        let r = Batcher::default().send(tx.as_raw_fd(), &d, 0);
         assert_eq!(
             r,
             Sent {
@@ -192,7 +215,7 @@ mod tests {
             let mut d = Datagrams::default();
             d.push(b"v6", b.local_addr().unwrap());
             d.push(b"after", a.local_addr().unwrap());
-            let r = send_batch(tx.as_raw_fd(), &d, 0);
+            let r = Batcher::default().send(tx.as_raw_fd(), &d, 0);
             assert_eq!((r.next, r.sent, r.failed), (2, 1, 1), "{r:?}");
             assert_eq!(recv_all(&a, 1), vec![b"after".to_vec()]);
         }
@@ -230,7 +253,7 @@ mod tests {
         let rx = std::net::UdpSocket::bind("[::1]:0").unwrap();
         let mut d = Datagrams::default();
         d.push(b"hello", rx.local_addr().unwrap());
-        let r = send_batch(tx.as_raw_fd(), &d, 0);
+        let r = Batcher::default().send(tx.as_raw_fd(), &d, 0);
         assert_eq!((r.sent, r.failed), (1, 0));
         assert_eq!(recv_all(&rx, 1), vec![b"hello".to_vec()]);
     }

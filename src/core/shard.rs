@@ -1248,11 +1248,11 @@ impl Shard {
         // A frame body may not exceed 64 KiB. A large roster (long names) would: the first
         // participants that fit go in `join_response`, the rest follow immediately as
         // `participant_joined` to the joiner alone, before any later event of the meeting.
-        let base = serde_json::to_vec(&response).map_or(0, |v| v.len());
+        let base = json_len(&response).unwrap_or(0);
         let mut budget = codec::MAX_FRAME_LEN.saturating_sub(base + 16);
         let mut fit = 0;
         for p in &roster {
-            let size = serde_json::to_vec(p).map_or(usize::MAX, |v| v.len().saturating_add(1));
+            let size = json_len(p).map_or(usize::MAX, |n| n.saturating_add(1));
             if size > budget {
                 break;
             }
@@ -1605,6 +1605,24 @@ impl std::fmt::Debug for Shard {
             .field("connections", &self.conns.len())
             .finish()
     }
+}
+
+/// Length of `v` as JSON, counted without building the bytes (the roster split measures every
+/// participant of a meeting on each join).
+fn json_len<T: serde::Serialize + ?Sized>(v: &T) -> Option<usize> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, v).ok()?;
+    Some(c.0)
 }
 
 #[cfg(test)]

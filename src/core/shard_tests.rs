@@ -986,3 +986,15 @@ mod props {
         }
     }
 }
+
+#[test]
+fn json_len_counts_exactly_what_serialization_writes() {
+    let msg = ServerMessage::ParticipantLeft {
+        participant_id: "p-\"quoted\"-é".into(),
+        reason: LeaveReason::ConnectionLost,
+    };
+    assert_eq!(
+        json_len(&msg),
+        Some(serde_json::to_vec(&msg).expect("serializes").len())
+    );
+}

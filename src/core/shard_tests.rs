@@ -76,6 +76,11 @@ impl Harness {
         self.shard.process_all(now);
     }
 
+    /// A `message` to everyone in the meeting.
+    fn broadcast(&mut self, conn: ConnId, payload: serde_json::Value) {
+        self.send(conn, &ClientMessage::Message { payload, to: None });
+    }
+
     fn join(&mut self, conn: ConnId, meeting: &str, role: Role) -> Vec<ServerMessage> {
         let token = self.token(meeting, role);
         self.send(
@@ -528,25 +533,24 @@ fn join_timeout_closes_idle_connections() {
     assert_eq!(h.closes(), vec![(c, close_code::PROTOCOL)]);
 }
 
+/// Outbound queues of `mailbox` frames, cut off after `drops` drops, no rate limit in the way.
+fn slow_consumer_cfg(mailbox: usize, drops: u32) -> ShardConfig {
+    let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
+    cfg.mailbox_size = mailbox;
+    cfg.slow_consumer_drops = drops;
+    cfg.rate_burst = 10_000.0;
+    cfg
+}
+
 #[test]
 fn slow_consumer_is_cut_off_without_hurting_the_others() {
-    let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
-    cfg.mailbox_size = 8;
-    cfg.slow_consumer_drops = 4;
-    cfg.rate_burst = 10_000.0;
-    let mut h = Harness::new(cfg);
+    let mut h = Harness::new(slow_consumer_cfg(8, 4));
     let (sender, _) = h.joined("s", Role::Participant);
     let (good, _) = h.joined("s", Role::Participant);
     let (slow, slow_id) = h.joined("s", Role::Participant);
     h.recv(sender);
     for i in 0..20 {
-        h.send(
-            sender,
-            &ClientMessage::Message {
-                payload: serde_json::json!(i),
-                to: None,
-            },
-        );
+        h.broadcast(sender, serde_json::json!(i));
         // `good` drains its queue as a fast reader would; `slow` never does.
         let got = h.recv(good);
         assert!(
@@ -575,24 +579,14 @@ fn slow_consumer_is_cut_off_without_hurting_the_others() {
 
 #[test]
 fn several_slow_consumers_in_one_meeting_are_each_cut_off_once() {
-    let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
-    cfg.mailbox_size = 4;
-    cfg.slow_consumer_drops = 2;
-    cfg.rate_burst = 10_000.0;
-    let mut h = Harness::new(cfg);
+    let mut h = Harness::new(slow_consumer_cfg(4, 2));
     let (sender, _) = h.joined("s", Role::Participant);
     let (good, good_id) = h.joined("s", Role::Participant);
     let slow: Vec<_> = (0..3).map(|_| h.joined("s", Role::Participant)).collect();
     h.recv(sender);
     h.recv(good);
     for i in 0..12 {
-        h.send(
-            sender,
-            &ClientMessage::Message {
-                payload: serde_json::json!(i),
-                to: None,
-            },
-        );
+        h.broadcast(sender, serde_json::json!(i));
         h.recv(sender);
         h.recv(good);
     }
@@ -610,13 +604,7 @@ fn several_slow_consumers_in_one_meeting_are_each_cut_off_once() {
     }
     assert!(!closes.iter().any(|(c, _)| *c == good || *c == sender));
     // The good reader is still in the meeting and still gets messages.
-    h.send(
-        sender,
-        &ClientMessage::Message {
-            payload: serde_json::json!("after"),
-            to: None,
-        },
-    );
+    h.broadcast(sender, serde_json::json!("after"));
     assert!(h.recv(good).iter().any(|m| matches!(
         m,
         ServerMessage::Message { from, .. } if *from != good_id
@@ -808,26 +796,14 @@ fn panic_in_one_meeting_is_contained() {
     }
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    h.send(
-        a,
-        &ClientMessage::Message {
-            payload: serde_json::json!(TEST_PANIC_PAYLOAD),
-            to: None,
-        },
-    );
+    h.broadcast(a, serde_json::json!(TEST_PANIC_PAYLOAD));
     std::panic::set_hook(prev);
     for c in [a, b] {
         assert_eq!(error_code(&h.recv(c)[0]), Some(ErrorCode::Internal));
     }
     assert_eq!(h.shard.stats().panics.get("meeting"), Some(&1));
     assert_eq!(h.shard.meeting_count(), 1);
-    h.send(
-        x,
-        &ClientMessage::Message {
-            payload: serde_json::json!("hi"),
-            to: None,
-        },
-    );
+    h.broadcast(x, serde_json::json!("hi"));
     assert!(matches!(h.recv(y)[0], ServerMessage::Message { .. }));
 }
 
@@ -876,13 +852,7 @@ fn resume_takes_over_without_churn_and_is_single_use() {
     let (_, msgs) = resume(&mut h, &binding_token, &participant_id);
     assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
     // And the resumed participant is live: messages reach it.
-    h.send(
-        a,
-        &ClientMessage::Message {
-            payload: serde_json::json!(1),
-            to: None,
-        },
-    );
+    h.broadcast(a, serde_json::json!(1));
     assert!(matches!(h.recv(c2)[0], ServerMessage::Message { .. }));
     // After the window passes without a connection, timeout still applies.
     h.advance(Duration::from_secs(40));
@@ -950,7 +920,7 @@ mod props {
                     }
                     Op::Leave(s) => if let Some((c, _)) = live.remove(&s) { h.send(c, &ClientMessage::Leave {}); },
                     Op::Drop(s) => if let Some((c, _)) = live.remove(&s) { let n = h.now(); h.shard.handle_connection_closed(c, n); },
-                    Op::Msg(s) => if let Some((c, _)) = live.get(&s).cloned() { h.send(c, &ClientMessage::Message { payload: serde_json::json!(s), to: None }); },
+                    Op::Msg(s) => if let Some((c, _)) = live.get(&s).cloned() { h.broadcast(c, serde_json::json!(s)); },
                     Op::Mute(s, m) => if let Some((c, _)) = live.get(&s).cloned() { h.send(c, &ClientMessage::Mute { audio: m, video: m }); },
                     Op::Tick(ms) => h.advance(Duration::from_millis(u64::from(ms))),
                     _ => {}

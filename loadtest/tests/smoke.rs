@@ -261,7 +261,7 @@ fn smoke(transport: &str) {
     assert_eq!(ms(server_view, &["messages_dropped"]), 0.0, "{report:#}");
     // The controller's kernel drop counter is scraped (its value depends on how busy the CI
     // machine is, so only its presence is checked: QUIC recovers such drops, `lost` above).
-    assert!(ms(server_view, &["udp_receive_drops"]) >= 0.0, "{report:#}");
+    assert!(server_view["udp_receive_drops"].is_number(), "{report:#}");
 
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("delivery latency"));

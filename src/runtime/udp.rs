@@ -17,8 +17,6 @@ pub const BATCH: usize = 64;
 pub struct Sent {
     /// Index of the first datagram not yet handled.
     pub next: usize,
-    /// Datagrams the kernel accepted.
-    pub sent: usize,
     /// Datagrams the kernel refused (counted and skipped: UDP is unreliable and QUIC recovers).
     pub failed: usize,
     /// The socket buffer is full: datagram `next` must wait until the socket is writable.
@@ -84,7 +82,6 @@ impl Batcher {
         let Self { addrs, iovs, hdrs } = self;
         let mut r = Sent {
             next: from,
-            sent: 0,
             failed: 0,
             would_block: false,
         };
@@ -118,7 +115,6 @@ impl Batcher {
             };
             if ret >= 0 {
                 let done = ret as usize;
-                r.sent += done;
                 r.next += done;
                 if done == 0 {
                     r.would_block = true;
@@ -199,7 +195,6 @@ mod tests {
             r,
             Sent {
                 next: total,
-                sent: total,
                 failed: 0,
                 would_block: false
             }
@@ -216,7 +211,7 @@ mod tests {
             d.push(b"v6", b.local_addr().unwrap());
             d.push(b"after", a.local_addr().unwrap());
             let r = Batcher::default().send(tx.as_raw_fd(), &d, 0);
-            assert_eq!((r.next, r.sent, r.failed), (2, 1, 1), "{r:?}");
+            assert_eq!((r.next, r.failed), (2, 1), "{r:?}");
             assert_eq!(recv_all(&a, 1), vec![b"after".to_vec()]);
         }
     }
@@ -247,14 +242,15 @@ mod tests {
     #[test]
     fn ipv6_sockets_send_with_scope_and_port() {
         let Ok(tx) = std::net::UdpSocket::bind("[::1]:0") else {
-            return; // no IPv6 loopback on this machine
+            eprintln!("SKIPPED: no IPv6 loopback on this machine");
+            return;
         };
         tx.set_nonblocking(true).unwrap();
         let rx = std::net::UdpSocket::bind("[::1]:0").unwrap();
         let mut d = Datagrams::default();
         d.push(b"hello", rx.local_addr().unwrap());
         let r = Batcher::default().send(tx.as_raw_fd(), &d, 0);
-        assert_eq!((r.sent, r.failed), (1, 0));
+        assert_eq!((r.next, r.failed), (1, 0));
         assert_eq!(recv_all(&rx, 1), vec![b"hello".to_vec()]);
     }
 }

@@ -39,7 +39,14 @@ fn metrics_have_every_named_series_for_every_shard() {
         to: None,
     });
     b.expect("message", |m| matches!(m, ServerMessage::Message { .. }));
-    let m = server.metrics();
+    let m = server.metrics_when(T, |m| {
+        metric_sum(m, "mc_connections_active", "") == 2.0
+            && metric_sum(
+                m,
+                "mc_message_processing_duration_seconds_count",
+                "actor_type=\"connection\"",
+            ) >= 4.0
+    });
     for name in [
         "mc_actor_mailbox_depth",
         "mc_message_processing_duration_seconds_bucket",

@@ -135,6 +135,22 @@ impl Rig {
     fn metrics(&self) -> String {
         self.server.metrics()
     }
+
+    /// The sum of `name` over series matching `labels`, scraped until it reaches `want` or `T`
+    /// passes (the last value is returned either way). A scrape serves a shard's last good
+    /// snapshot when the shard does not answer within the scrape's deadline, so on a loaded
+    /// machine a counter can trail the event that raised it by a scrape or two.
+    fn metric_reaching(&mut self, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+        let deadline = Instant::now() + T;
+        loop {
+            let v = metric_sum_where(&self.metrics(), name, labels);
+            if v >= want || Instant::now() >= deadline {
+                return v;
+            }
+            self.pump();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 // -----------------------------------------------------------------------------------------
@@ -225,10 +241,10 @@ fn expect_token_refused(rig: &mut Rig, what: &str, meeting: &str, token: &str, r
         }),
         "{what}"
     );
-    let after = metric_sum_where(
-        &rig.metrics(),
+    let after = rig.metric_reaching(
         "mc_token_failures_total",
         &[("reason", reason)],
+        before + 1.0,
     );
     assert!(
         after > before,
@@ -1110,10 +1126,10 @@ fn case_resume_with_own_binding_token_for_another(rig: &mut Rig) {
     // An oversized binding token and a participant id that is not in this meeting.
     attempt(rig, &a_id, "victim", &"A".repeat(4096));
     attempt(rig, "p0-ffffff", "mallory", &binding_token);
-    let after = metric_sum_where(
-        &rig.metrics(),
+    let after = rig.metric_reaching(
         "mc_token_failures_total",
         &[("reason", "bad_binding")],
+        before + 2.0,
     );
     assert!(
         after >= before + 2.0,
@@ -1222,7 +1238,7 @@ fn case_join_never_sent(rig: &mut Rig) {
     assert_eq!(idle.closed(), timed_out, "idle connection");
     assert_eq!(partial.closed(), timed_out, "partial header");
     partial.expect("error before close", is_error(ErrorCode::InvalidRequest));
-    let after = metric_sum_where(&rig.metrics(), "mc_joins_total", &[("result", "timeout")]);
+    let after = rig.metric_reaching("mc_joins_total", &[("result", "timeout")], before + 2.0);
     assert!(
         after >= before + 2.0,
         "mc_joins_total{{result=\"timeout\"}}: {before} -> {after}"
@@ -1319,7 +1335,7 @@ fn case_connection_storm(rig: &mut Rig) {
         clients.len(),
         &not_timed_out[..not_timed_out.len().min(5)]
     );
-    let after = metric_sum_where(&rig.metrics(), "mc_handshakes_total", &[]);
+    let after = rig.metric_reaching("mc_handshakes_total", &[], before + clients.len() as f64);
     assert!(
         after - before >= clients.len() as f64,
         "handshakes {before} -> {after}"
@@ -1491,12 +1507,7 @@ fn case_udp_garbage(rig: &mut Rig) {
     }
     drain(&sock, 57);
     let want = before + 3.0 * PER_SHARD as f64;
-    let deadline = Instant::now() + T;
-    let mut after = before;
-    while after < want && Instant::now() < deadline {
-        rig.pump();
-        after = metric_sum_where(&rig.metrics(), "mc_datagrams_received_total", &[]);
-    }
+    let after = rig.metric_reaching("mc_datagrams_received_total", &[], want);
     assert!(
         after >= want,
         "forged short-header packets were not all received: {before} -> {after}"
@@ -1777,10 +1788,10 @@ fn case_flooding(rig: &mut Rig) {
         wait_left(rig, &mut w, &f_id, T),
         Some(LeaveReason::ConnectionLost)
     );
-    let after = metric_sum_where(
-        &rig.metrics(),
+    let after = rig.metric_reaching(
         "mc_messages_dropped_total",
         &[("actor_type", "connection"), ("reason", "rate_limited")],
+        before + 1.0,
     );
     assert!(after > before, "rate_limited drops counted");
 }

@@ -22,6 +22,10 @@ struct ShardMemo {
     last_answer: Option<Instant>,
     /// Requests that found its control mailbox full.
     control_drops: u64,
+    /// Sequence number of the next request sent to the shard.
+    next_seq: u64,
+    /// Sequence number of the request `last` answered.
+    last_seq: u64,
 }
 
 /// One shard as seen at a sample instant.
@@ -71,6 +75,13 @@ impl ShardView {
     }
 }
 
+/// A request on its way: where the answer will arrive, and the request's sequence number.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    rx: Receiver<ShardReply>,
+    seq: u64,
+}
+
 /// Handles on every shard plus the cache.
 #[derive(Debug)]
 pub(crate) struct ShardPool {
@@ -100,28 +111,44 @@ impl ShardPool {
         self.memo.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn send(&self, idx: usize, req: ShardRequest) -> Result<Receiver<ShardReply>, LinkError> {
+    /// Queues `req` on shard `idx` and returns the reply channel with the request's sequence
+    /// number. Numbering and queueing happen under one lock, so sequence order is queue order,
+    /// which a shard answers in: a higher number is a newer answer.
+    fn send(&self, idx: usize, req: ShardRequest) -> Result<Pending, LinkError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let msg = ControlMsg {
             req,
             reply: Some(tx),
         };
+        let mut memo = self.memo();
+        let m = &mut memo[idx];
         match self.handles[idx].tx.try_send(msg) {
-            Ok(()) => Ok(rx),
+            Ok(()) => {
+                m.next_seq += 1;
+                Ok(Pending {
+                    rx,
+                    seq: m.next_seq,
+                })
+            }
             Err(TrySendError::Full(_)) => {
-                self.memo()[idx].control_drops += 1;
+                m.control_drops += 1;
                 Err(LinkError::Full)
             }
             Err(TrySendError::Disconnected(_)) => Err(LinkError::Gone),
         }
     }
 
-    fn record(&self, idx: usize, reply: &ShardReply, at: Instant) {
+    /// Remembers an answer. A snapshot replaces the cached one only if it answers a later
+    /// request: a liveness ping's answer collected late never hides a newer scrape's figures.
+    fn record(&self, idx: usize, seq: u64, reply: &ShardReply, at: Instant) {
         let mut memo = self.memo();
         let m = &mut memo[idx];
-        m.last_answer = Some(at);
+        m.last_answer = Some(m.last_answer.map_or(at, |t| t.max(at)));
         if let ShardReply::Snapshot(s) = reply {
-            m.last = Some((**s).clone());
+            if seq > m.last_seq {
+                m.last = Some((**s).clone());
+                m.last_seq = seq;
+            }
         }
     }
 
@@ -132,12 +159,12 @@ impl ShardPool {
         req: ShardRequest,
         timeout: Duration,
     ) -> Result<ShardReply, LinkError> {
-        let rx = self.send(idx, req)?;
-        let reply = rx.recv_timeout(timeout).map_err(|e| match e {
+        let p = self.send(idx, req)?;
+        let reply = p.rx.recv_timeout(timeout).map_err(|e| match e {
             crossbeam_channel::RecvTimeoutError::Timeout => LinkError::Timeout,
             crossbeam_channel::RecvTimeoutError::Disconnected => LinkError::Gone,
         })?;
-        self.record(idx, &reply, Instant::now());
+        self.record(idx, p.seq, &reply, Instant::now());
         Ok(reply)
     }
 
@@ -154,13 +181,13 @@ impl ShardPool {
         pending
             .into_iter()
             .enumerate()
-            .map(|(i, rx)| {
-                let rx = rx?;
-                let reply = rx.recv_deadline(deadline).map_err(|e| match e {
+            .map(|(i, p)| {
+                let p = p?;
+                let reply = p.rx.recv_deadline(deadline).map_err(|e| match e {
                     crossbeam_channel::RecvTimeoutError::Timeout => LinkError::Timeout,
                     crossbeam_channel::RecvTimeoutError::Disconnected => LinkError::Gone,
                 })?;
-                self.record(i, &reply, Instant::now());
+                self.record(i, p.seq, &reply, Instant::now());
                 Ok(reply)
             })
             .collect()
@@ -168,13 +195,13 @@ impl ShardPool {
 
     /// One non-blocking liveness round: collects answers to earlier pings, and pings every shard
     /// that has none outstanding. A stuck shard therefore never delays the others' liveness.
-    pub fn ping(&self, outstanding: &mut Vec<Option<Receiver<ShardReply>>>) {
+    pub fn ping(&self, outstanding: &mut Vec<Option<Pending>>) {
         outstanding.resize_with(self.handles.len(), || None);
         for (i, slot) in outstanding.iter_mut().enumerate() {
-            if let Some(rx) = slot {
-                match rx.try_recv() {
+            if let Some(p) = slot {
+                match p.rx.try_recv() {
                     Ok(reply) => {
-                        self.record(i, &reply, Instant::now());
+                        self.record(i, p.seq, &reply, Instant::now());
                         *slot = None;
                     }
                     Err(crossbeam_channel::TryRecvError::Empty) => continue,
@@ -241,5 +268,75 @@ impl ShardPool {
                 (silent > window).then_some((v.shard, silent))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ids::ShardId;
+    use crossbeam_channel::Receiver as Rx;
+
+    fn pool() -> (ShardPool, Rx<ControlMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let handle = ShardHandle {
+            shard: ShardId(0),
+            cpu: None,
+            tx,
+        };
+        (ShardPool::new(vec![handle]), rx)
+    }
+
+    /// Plays the shard: answers the oldest queued request with a snapshot of `meetings`.
+    fn answer(rx: &Rx<ControlMsg>, meetings: usize) {
+        let msg = rx.recv_timeout(Duration::from_secs(5)).expect("a request");
+        let snap = ShardSnapshot {
+            meetings,
+            ..ShardSnapshot::default()
+        };
+        if let Some(reply) = msg.reply {
+            reply
+                .send(ShardReply::Snapshot(Box::new(snap)))
+                .expect("requester waits");
+        }
+    }
+
+    #[test]
+    fn a_late_ping_answer_never_hides_a_newer_refresh() {
+        let (pool, rx) = pool();
+        let mut outstanding = Vec::new();
+        pool.ping(&mut outstanding); // request 1, answered before the state changes
+        answer(&rx, 1);
+        std::thread::scope(|s| {
+            let refresh = s.spawn(|| pool.refresh(Duration::from_secs(5)));
+            answer(&rx, 2); // request 2, after the change
+            assert_eq!(refresh.join().expect("refresh")[0].snapshot.meetings, 2);
+        });
+        pool.ping(&mut outstanding); // collects request 1's answer only now
+        assert_eq!(pool.views()[0].snapshot.meetings, 2);
+        answer(&rx, 3); // the new ping's answer is newer than the refresh
+        pool.ping(&mut outstanding);
+        assert_eq!(pool.views()[0].snapshot.meetings, 3);
+    }
+
+    #[test]
+    fn a_full_mailbox_is_counted_and_keeps_the_last_snapshot() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let pool = ShardPool::new(vec![ShardHandle {
+            shard: ShardId(0),
+            cpu: None,
+            tx,
+        }]);
+        std::thread::scope(|s| {
+            let refresh = s.spawn(|| pool.refresh(Duration::from_secs(5)));
+            answer(&rx, 4);
+            refresh.join().expect("refresh");
+        });
+        let mut outstanding = Vec::new();
+        pool.ping(&mut outstanding); // fills the one-slot mailbox
+        let views = pool.refresh(Duration::from_millis(10)); // finds it full
+        assert_eq!(views[0].control_drops, 1);
+        assert_eq!(views[0].snapshot.meetings, 4);
+        assert_eq!(views[0].pending, 1);
     }
 }

@@ -115,6 +115,21 @@ impl Server {
         self.http("GET", "/metrics", None).1
     }
 
+    /// Scrapes `/metrics` until `settled` holds or `within` passes, and returns the last
+    /// exposition either way. A scrape serves a shard's last good snapshot when the shard does
+    /// not answer within the scrape deadline, so on a loaded machine figures can trail events.
+    #[allow(dead_code)] // not every test binary that includes this module scrapes
+    pub fn metrics_when(&self, within: Duration, settled: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.metrics();
+            if settled(&m) || Instant::now() >= deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         unsafe {

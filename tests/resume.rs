@@ -408,12 +408,15 @@ fn resume_on_any_shard_keeps_the_participant_without_churn() {
         &resume_join(&server, "b", &b_id, &binding),
     );
 
-    let metrics = server.metrics();
-    let resumed: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("mc_joins_total{") && l.contains("result=\"resumed\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let resumed_in = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("mc_joins_total{") && l.contains("result=\"resumed\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let want = (shards_seen.len() - 1) as f64;
+    let resumed = resumed_in(&server.metrics_when(T, |m| resumed_in(m) >= want));
     assert_eq!(
         resumed,
         (shards_seen.len() - 1) as f64,

@@ -136,6 +136,7 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
         pin: true,
         listen: cfg.listen,
         io_memory: cfg.io_memory,
+        spin_before_park: cfg.spin_before_park,
         endpoint: EndpointConfig {
             shard: ShardId(0),
             shard_count: shards as u16,

@@ -132,6 +132,10 @@ pub struct ServeArgs {
     /// glommio io_memory per shard executor, bytes [default: 1048576].
     #[arg(long, env = "MC_IO_MEMORY")]
     pub io_memory: Option<String>,
+    /// How long an idle shard polls for work before it sleeps, 0 to sleep at once (trades CPU
+    /// for wake-up latency; for dedicated cores) [default: 0s].
+    #[arg(long, env = "MC_SPIN_BEFORE_PARK")]
+    pub spin_before_park: Option<String>,
     /// TLS certificate chain (PEM).
     #[arg(long, env = "MC_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -255,6 +259,7 @@ struct FileConfig {
     shards: Option<toml::Value>,
     cpus: Option<String>,
     io_memory: Option<toml::Value>,
+    spin_before_park: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     jwks: Option<PathBuf>,
@@ -317,6 +322,8 @@ pub struct Config {
     pub cpus: Option<Vec<usize>>,
     /// glommio io_memory per executor.
     pub io_memory: usize,
+    /// How long an idle shard polls before it sleeps (zero = sleep at once).
+    pub spin_before_park: Duration,
     /// TLS certificate (None only with `dev`, filled in by the dev setup).
     pub tls_cert: Option<PathBuf>,
     /// TLS key.
@@ -415,13 +422,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let d = match unit {
+            "us" => Duration::from_micros(n),
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             _ => {
                 return Err(format!(
-                    "`{s}` has an unknown unit `{unit}` (use ms, s, m, h)"
+                    "`{s}` has an unknown unit `{unit}` (use us, ms, s, m, h)"
                 ))
             }
         };
@@ -598,6 +606,14 @@ impl Config {
                 file.io_memory,
                 1 << 20,
                 (64 << 10, 1 << 30),
+            )?,
+            spin_before_park: Resolver::duration(
+                "spin-before-park",
+                args.spin_before_park,
+                file.spin_before_park,
+                Duration::ZERO,
+                Duration::ZERO,
+                Duration::from_millis(10),
             )?,
             tls_cert: pick(args.tls_cert, file.tls_cert),
             tls_key: pick(args.tls_key, file.tls_key),
@@ -870,6 +886,7 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));

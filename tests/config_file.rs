@@ -211,6 +211,7 @@ fn uncommented_defaults_are_the_code_defaults() {
     assert_eq!(c.shards, None);
     assert_eq!(c.cpus, None);
     assert_eq!(c.io_memory, 1_048_576);
+    assert_eq!(c.spin_before_park, Duration::ZERO);
     assert_eq!(c.mailbox_size, 1024);
     assert_eq!(c.max_connections_per_shard, 10_000);
     assert_eq!(c.max_participants_per_meeting, 1000);
@@ -434,6 +435,12 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             vec!["serve", "--dev", "--mailbox", "5"],
             vec![],
             vec!["--mailbox"],
+        ),
+        (
+            "spin longer than 10 ms",
+            vec!["serve", "--dev", "--dev-dir", dev_dir],
+            vec![("MC_SPIN_BEFORE_PARK", "1s")],
+            vec!["--spin-before-park", "out of range"],
         ),
         (
             "CPU outside the affinity mask",

@@ -54,6 +54,13 @@ fn without_kernel_steering_datagrams_are_forwarded_to_the_owner() {
     );
 }
 
+#[test]
+fn spinning_shards_serve_the_same_ordered_stream() {
+    // Executors that poll before they park (`--spin-before-park`) run the same scenario.
+    let (handoffs, _) = ordered_stream(&["--shards", "2", "--spin-before-park", "200us"]);
+    assert!(handoffs > 0.0);
+}
+
 /// Runs the ordering scenario; returns (handoffs, forwarded datagrams) from /metrics.
 fn ordered_stream(flags: &[&str]) -> (f64, f64) {
     let server = Server::start("order", flags);

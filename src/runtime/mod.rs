@@ -38,6 +38,8 @@ pub struct RuntimeConfig {
     pub listen: SocketAddr,
     /// glommio io_memory per executor.
     pub io_memory: usize,
+    /// How long an idle executor polls before it parks (zero = park at once).
+    pub spin_before_park: Duration,
     /// Transport settings (the `shard` field is filled per shard).
     pub endpoint: EndpointConfig,
     /// Core settings (the `shard` field is filled per shard).
@@ -203,10 +205,14 @@ pub fn start(
             Placement::Unbound
         };
         let name = format!("mc-shard-{i}");
-        let builder = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&name)
             .io_memory(cfg.io_memory)
             .preempt_timer(Duration::from_millis(10));
+        if !cfg.spin_before_park.is_zero() {
+            // Only honoured for pinned executors (glommio ignores it without a CPU binding).
+            builder = builder.spin_before_park(cfg.spin_before_park);
+        }
         let ready_fail = ready_tx.clone();
         let spawned = builder.spawn(move || async move {
             let span = tracing::info_span!("shard", shard = i);

@@ -18,7 +18,7 @@ RUNBOOK_URL_PREFIX = "https://github.com/dark-tower/mc/blob/main/docs/runbook.md
 
 # Every MC flag, as documented in docs/deployment.md. `--foo-bar` <-> MC_FOO_BAR.
 MC_FLAGS = [
-    "config", "listen", "control-listen", "shards", "cpus", "io-memory",
+    "config", "listen", "control-listen", "shards", "cpus", "io-memory", "spin-before-park",
     "tls-cert", "tls-key", "jwks", "mailbox-size", "idle-timeout", "keep-alive",
     "max-connections-per-shard", "resume-window", "empty-meeting-timeout",
     "join-timeout", "clock-skew", "max-participants-per-meeting", "max-meetings",
@@ -33,7 +33,7 @@ FORBIDDEN_FLAGS = {"dev", "dev-dir", "enable-test-hooks"}
 MC_ENV = {"MC_" + f.upper().replace("-", "_"): f for f in MC_FLAGS}
 DURATION_FLAGS = {
     "idle-timeout", "keep-alive", "resume-window", "empty-meeting-timeout",
-    "join-timeout", "clock-skew", "drain-timeout", "gc-timeout",
+    "join-timeout", "clock-skew", "drain-timeout", "gc-timeout", "spin-before-park",
 }
 INTEGER_FLAGS = {
     "shards", "io-memory", "mailbox-size", "max-connections-per-shard",

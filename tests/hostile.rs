@@ -140,16 +140,9 @@ impl Rig {
     /// passes (the last value is returned either way). A scrape serves a shard's last good
     /// snapshot when the shard does not answer within the scrape's deadline, so on a loaded
     /// machine a counter can trail the event that raised it by a scrape or two.
-    fn metric_reaching(&mut self, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
-        let deadline = Instant::now() + T;
-        loop {
-            let v = metric_sum_where(&self.metrics(), name, labels);
-            if v >= want || Instant::now() >= deadline {
-                return v;
-            }
-            self.pump();
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn metric_reaching(&self, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+        let sum = |m: &str| metric_sum_where(m, name, labels);
+        sum(&self.server.metrics_when(T, |m| sum(m) >= want))
     }
 }
 

@@ -408,13 +408,7 @@ fn resume_on_any_shard_keeps_the_participant_without_churn() {
         &resume_join(&server, "b", &b_id, &binding),
     );
 
-    let resumed_in = |metrics: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("mc_joins_total{") && l.contains("result=\"resumed\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let resumed_in = |m: &str| support::metric_sum(m, "mc_joins_total", "result=\"resumed\"");
     let want = (shards_seen.len() - 1) as f64;
     let resumed = resumed_in(&server.metrics_when(T, |m| resumed_in(m) >= want));
     assert_eq!(

@@ -61,6 +61,31 @@ fn spinning_shards_serve_the_same_ordered_stream() {
     assert!(handoffs > 0.0);
 }
 
+/// CPU seconds an idle one-shard server's shard thread uses over `window`.
+fn idle_shard_cpu(tag: &str, flags: &[&str], window: Duration) -> f64 {
+    let mut args = vec!["--shards", "1"];
+    args.extend_from_slice(flags);
+    let server = Server::start(tag, &args);
+    let cpu = || support::metric_sum(&server.metrics(), "mc_shard_cpu_seconds_total", "");
+    let before = cpu();
+    std::thread::sleep(window);
+    cpu() - before
+}
+
+#[test]
+fn spin_before_park_keeps_an_idle_shard_polling() {
+    // The shard's ticker wakes it at least every 5 ms; a 10 ms spin therefore never lets it
+    // sleep, while a shard that parks at once uses a small fraction of its core when idle.
+    let window = Duration::from_secs(2);
+    let parked = idle_shard_cpu("park", &[], window);
+    let spinning = idle_shard_cpu("spin", &["--spin-before-park", "10ms"], window);
+    eprintln!("idle shard CPU over {window:?}: parks at once {parked:.3} s, spins {spinning:.3} s");
+    assert!(
+        spinning > 5.0 * parked.max(0.01),
+        "spinning {spinning:.3} s vs parked {parked:.3} s"
+    );
+}
+
 /// Runs the ordering scenario; returns (handoffs, forwarded datagrams) from /metrics.
 fn ordered_stream(flags: &[&str]) -> (f64, f64) {
     let server = Server::start("order", flags);

@@ -140,10 +140,11 @@ impl ShardPool {
 
     /// Remembers an answer. A snapshot replaces the cached one only if it answers a later
     /// request: a liveness ping's answer collected late never hides a newer scrape's figures.
-    fn record(&self, idx: usize, seq: u64, reply: &ShardReply, at: Instant) {
+    fn record(&self, idx: usize, seq: u64, reply: &ShardReply) {
         let mut memo = self.memo();
         let m = &mut memo[idx];
-        m.last_answer = Some(m.last_answer.map_or(at, |t| t.max(at)));
+        // Read under the lock, so concurrent recorders store answer times in order.
+        m.last_answer = Some(Instant::now());
         if let ShardReply::Snapshot(s) = reply {
             if seq > m.last_seq {
                 m.last = Some((**s).clone());
@@ -164,7 +165,7 @@ impl ShardPool {
             crossbeam_channel::RecvTimeoutError::Timeout => LinkError::Timeout,
             crossbeam_channel::RecvTimeoutError::Disconnected => LinkError::Gone,
         })?;
-        self.record(idx, p.seq, &reply, Instant::now());
+        self.record(idx, p.seq, &reply);
         Ok(reply)
     }
 
@@ -187,7 +188,7 @@ impl ShardPool {
                     crossbeam_channel::RecvTimeoutError::Timeout => LinkError::Timeout,
                     crossbeam_channel::RecvTimeoutError::Disconnected => LinkError::Gone,
                 })?;
-                self.record(i, p.seq, &reply, Instant::now());
+                self.record(i, p.seq, &reply);
                 Ok(reply)
             })
             .collect()
@@ -201,7 +202,7 @@ impl ShardPool {
             if let Some(p) = slot {
                 match p.rx.try_recv() {
                     Ok(reply) => {
-                        self.record(i, p.seq, &reply, Instant::now());
+                        self.record(i, p.seq, &reply);
                         *slot = None;
                     }
                     Err(crossbeam_channel::TryRecvError::Empty) => continue,

@@ -205,14 +205,12 @@ pub fn start(
             Placement::Unbound
         };
         let name = format!("mc-shard-{i}");
-        let mut builder = LocalExecutorBuilder::new(placement)
+        // Spinning is only honoured for pinned executors; zero parks at once (glommio's default).
+        let builder = LocalExecutorBuilder::new(placement)
             .name(&name)
             .io_memory(cfg.io_memory)
-            .preempt_timer(Duration::from_millis(10));
-        if !cfg.spin_before_park.is_zero() {
-            // Only honoured for pinned executors (glommio ignores it without a CPU binding).
-            builder = builder.spin_before_park(cfg.spin_before_park);
-        }
+            .preempt_timer(Duration::from_millis(10))
+            .spin_before_park(cfg.spin_before_park);
         let ready_fail = ready_tx.clone();
         let spawned = builder.spawn(move || async move {
             let span = tracing::info_span!("shard", shard = i);

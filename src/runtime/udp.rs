@@ -12,12 +12,13 @@ use crate::quic::datagrams::Datagrams;
 /// Datagrams per `sendmmsg` call.
 pub const BATCH: usize = 64;
 
-/// What one [`send_batch`] call did.
+/// What one [`Batcher::send`] call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
     /// Index of the first datagram not yet handled.
     pub next: usize,
-    /// Datagrams the kernel refused (counted and skipped: UDP is unreliable and QUIC recovers).
+    /// Datagrams the kernel refused, each logged at debug level and skipped (UDP is unreliable
+    /// and QUIC retransmits).
     pub failed: usize,
     /// The socket buffer is full: datagram `next` must wait until the socket is writable.
     pub would_block: bool,

@@ -5,20 +5,18 @@
 //! The seam with the core is narrow: stream bytes in (`Shard::handle_stream_data`), frames
 //! out (`Shard::pop_frame`), connection opened/closed, and the core's actions.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
 use rand::RngCore;
 
 use crate::core::codec::Frame;
 use crate::core::ids::{ConnId, ShardId};
 use crate::core::router::{encode_cid, shard_of_cid, CID_LEN};
 use crate::core::shard::{Action, HandoffJoin, Now, Shard, ShardEvent};
+use crate::quic::cid::{CidKey, FastMap, FastSet};
 use crate::quic::datagrams::Datagrams;
-use crate::runtime::latency::LatencyRecorder;
-use crate::runtime::link::{ControlMsg, ShardReply, ShardRequest, ShardSnapshot};
 use crate::webtransport::{H3Config, H3Event, H3Server};
 
 /// ALPN of native QUIC signaling.
@@ -29,6 +27,8 @@ pub const ALPN_H3: &[u8] = b"h3";
 pub const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// Largest UDP payload we send.
 pub const MAX_DATAGRAM: usize = 1350;
+/// Bytes read from a stream per `stream_recv`.
+const READ_BUF: usize = 16 * 1024;
 /// How long CIDs of a connection handed to another shard keep being forwarded by CID lookup.
 const MOVED_TTL: Duration = Duration::from_secs(120);
 
@@ -158,7 +158,7 @@ struct ConnEntry {
     deadline: Option<Instant>,
     /// Every key of `Endpoint::cids` naming this connection on this shard, so closing or
     /// moving it never scans the whole CID map.
-    cids: Vec<Vec<u8>>,
+    cids: Vec<CidKey>,
 }
 
 struct Closing {
@@ -203,104 +203,118 @@ pub struct Output {
     pub packets: Datagrams,
     /// Messages for other shards.
     pub peers: Vec<(ShardId, PeerMsg)>,
+    /// Events for the control thread (meeting ended, …).
+    pub events: Vec<ShardEvent>,
 }
 
-/// A shard's endpoint.
+impl Output {
+    /// True when there is nothing to perform.
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty() && self.peers.is_empty() && self.events.is_empty()
+    }
+}
+
+/// A shard's endpoint: turns datagrams, peer messages and time into packets, peer messages and
+/// core inputs. It reads no clock: every entry point takes `now`.
 pub struct Endpoint {
     cfg: EndpointConfig,
     qcfg: quiche::Config,
     core: Shard,
-    conns: HashMap<ConnId, ConnEntry>,
-    cids: HashMap<Vec<u8>, ConnId>,
-    moved: HashMap<Vec<u8>, (ShardId, Instant)>,
-    dirty: HashSet<ConnId>,
+    conns: FastMap<ConnId, ConnEntry>,
+    cids: FastMap<CidKey, ConnId>,
+    moved: FastMap<CidKey, (ShardId, Instant)>,
+    dirty: FastSet<ConnId>,
+    /// Scratch list of `dirty` drained by a flush (kept for its allocation).
+    flushing: Vec<ConnId>,
     timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>,
-    closing: HashSet<ConnId>,
+    closing: FastSet<ConnId>,
     next_conn: u64,
     out: Output,
     /// An emptied `Output` given back by the glue, reused by the next `take_output`.
     spare: Output,
     stats: TransportStats,
-    lat: [LatencyRecorder; 3],
-    control_rx: Receiver<ControlMsg>,
-    events_tx: Sender<(ShardId, ShardEvent)>,
-    events_dropped: u64,
-    extra_drops: std::collections::BTreeMap<(&'static str, &'static str), u64>,
     last_sweep: Instant,
-    cpu: Option<usize>,
     stopping: bool,
     /// Connections accepted here whose handshake has not completed.
     handshaking: usize,
-    /// Reads the kernel's drop count of this shard's socket (set by the I/O glue).
-    kernel_drops: Option<Box<dyn Fn() -> Option<u64>>>,
-}
-
-/// Wall clock plus monotonic clock, read once per batch.
-pub fn now() -> Now {
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    Now {
-        mono: Instant::now(),
-        unix_ms,
-    }
+    /// Stream read buffer, kept to avoid zeroing it per readable connection.
+    read_buf: Option<Box<[u8; READ_BUF]>>,
 }
 
 impl Endpoint {
-    /// An endpoint around a core shard.
-    pub fn new(
-        cfg: EndpointConfig,
-        qcfg: quiche::Config,
-        core: Shard,
-        control_rx: Receiver<ControlMsg>,
-        events_tx: Sender<(ShardId, ShardEvent)>,
-        cpu: Option<usize>,
-    ) -> Self {
-        let t = Instant::now();
+    /// An endpoint around a core shard, created at `now`.
+    pub fn new(cfg: EndpointConfig, qcfg: quiche::Config, core: Shard, now: Instant) -> Self {
         Self {
             cfg,
             qcfg,
             core,
-            conns: HashMap::new(),
-            cids: HashMap::new(),
-            moved: HashMap::new(),
-            dirty: HashSet::new(),
+            conns: FastMap::default(),
+            cids: FastMap::default(),
+            moved: FastMap::default(),
+            dirty: FastSet::default(),
+            flushing: Vec::new(),
             timers: std::collections::BinaryHeap::new(),
-            closing: HashSet::new(),
+            closing: FastSet::default(),
             next_conn: 0,
             out: Output::default(),
             spare: Output::default(),
             stats: TransportStats::default(),
-            lat: [
-                LatencyRecorder::new(t),
-                LatencyRecorder::new(t),
-                LatencyRecorder::new(t),
-            ],
-            control_rx,
-            events_tx,
-            events_dropped: 0,
-            extra_drops: std::collections::BTreeMap::new(),
-            last_sweep: t,
-            cpu,
+            last_sweep: now,
             stopping: false,
             handshaking: 0,
-            kernel_drops: None,
+            read_buf: Some(Box::new([0u8; READ_BUF])),
         }
     }
 
-    /// True once a `Shutdown` request was served and every connection is gone.
+    /// This endpoint's shard.
+    pub fn shard(&self) -> ShardId {
+        self.cfg.shard
+    }
+
+    /// True once [`Endpoint::shutdown`] was called and every connection is gone.
     pub fn stopped(&self) -> bool {
         self.stopping && self.conns.is_empty()
     }
 
-    /// True once a `Shutdown` request was served.
+    /// True once [`Endpoint::shutdown`] was called.
     pub fn stopping(&self) -> bool {
         self.stopping
     }
 
-    /// Lets snapshots report the kernel's drop count of the shard's socket.
-    pub fn set_kernel_drops_probe(&mut self, probe: Box<dyn Fn() -> Option<u64>>) {
-        self.kernel_drops = Some(probe);
+    /// Transport counters.
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
+
+    /// Live connections (including handshaking ones).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The sans-IO core, for queries.
+    pub fn core(&self) -> &Shard {
+        &self.core
+    }
+
+    /// The sans-IO core, for commands; call [`Endpoint::drive`] afterwards so its actions are
+    /// carried out.
+    pub fn core_mut(&mut self) -> &mut Shard {
+        &mut self.core
+    }
+
+    /// Runs queued core work and carries out the core's actions.
+    pub fn drive(&mut self, now: Now) {
+        self.drive_core(now);
+    }
+
+    /// Refuses new connections, closes every connection (code 0) and lets the core drain.
+    pub fn shutdown(&mut self) {
+        self.stopping = true;
+        self.core.set_draining(true);
+        for e in self.conns.values_mut() {
+            let _ = e.conn.close(true, 0x0, b"shutting down");
+        }
+        self.dirty.extend(self.conns.keys().copied());
     }
 
     /// Takes what must be sent. Give it back with [`Endpoint::recycle`] once sent so its
@@ -314,23 +328,12 @@ impl Endpoint {
     pub fn recycle(&mut self, mut out: Output) {
         out.packets.clear();
         out.peers.clear();
+        out.events.clear();
         self.spare = out;
     }
 
-    /// Counts a peer message that could not be delivered (channel full).
-    pub fn count_peer_drop(&mut self, kind: PeerMsgKind) {
-        match kind {
-            PeerMsgKind::Datagram => self.bump_drop("connection", "forward_queue_full"),
-            PeerMsgKind::Handoff => self.bump_drop("connection", "handoff_queue_full"),
-        }
-    }
-
-    fn bump_drop(&mut self, actor: &'static str, reason: &'static str) {
-        *self.extra_drops.entry((actor, reason)).or_default() += 1;
-    }
-
     /// The earliest deadline of any connection or core timer.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let q = self.timers.peek().map(|std::cmp::Reverse((t, _))| *t);
         match (q, self.core.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -342,15 +345,21 @@ impl Endpoint {
     // Datagrams
     // ------------------------------------------------------------------------------
 
-    /// A datagram read from this shard's socket.
-    pub fn on_datagram(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
+    /// A datagram read from this shard's socket at `now`. Packets it causes are generated by
+    /// the next [`Endpoint::flush`], so a batch of datagrams is answered by one flush.
+    pub fn handle_datagram(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr, now: Now) {
         self.stats.datagrams_received += 1;
-        let started = Instant::now();
-        self.route(buf, from, to, false);
-        self.lat[2].record(started.elapsed(), started);
+        self.route(buf, from, to, false, now);
     }
 
-    fn route(&mut self, buf: &mut [u8], from: SocketAddr, to: SocketAddr, forwarded: bool) {
+    fn route(
+        &mut self,
+        buf: &mut [u8],
+        from: SocketAddr,
+        to: SocketAddr,
+        forwarded: bool,
+        now: Now,
+    ) {
         let hdr = match quiche::Header::from_slice(buf, CID_LEN) {
             Ok(h) => h,
             Err(_) => {
@@ -359,14 +368,18 @@ impl Endpoint {
             }
         };
         let dcid: &[u8] = &hdr.dcid;
-        if let Some(id) = self.cids.get(dcid).copied() {
-            self.recv(id, buf, from, to);
+        let Some(key) = CidKey::new(dcid) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        if let Some(id) = self.cids.get(&key).copied() {
+            self.recv(id, buf, from, to, now);
             return;
         }
         if !forwarded {
             let owner = shard_of_cid(dcid, self.cfg.shard_count)
                 .filter(|s| *s != self.cfg.shard)
-                .or_else(|| self.moved.get(dcid).map(|(s, _)| *s));
+                .or_else(|| self.moved.get(&key).map(|(s, _)| *s));
             if let Some(owner) = owner {
                 self.stats.datagrams_forwarded += 1;
                 self.out.peers.push((
@@ -406,7 +419,7 @@ impl Endpoint {
             self.stats.handshakes_shed += 1;
             return;
         }
-        let now_secs = now().unix_ms / 1000;
+        let now_secs = now.unix_ms / 1000;
         let mut validated_odcid: Option<Vec<u8>> = None;
         if !hdr.token.as_ref().is_none_or(|t| t.is_empty()) {
             let token = hdr.token.clone().unwrap_or_default();
@@ -446,7 +459,6 @@ impl Endpoint {
             (Some(_), Ok(c)) if shard_of_cid(&c, self.cfg.shard_count) == Some(self.cfg.shard) => c,
             _ => self.fresh_cid(),
         };
-        let odcid = hdr.dcid.to_vec();
         let qscid = quiche::ConnectionId::from_ref(&scid);
         let original = validated_odcid
             .as_deref()
@@ -465,8 +477,9 @@ impl Endpoint {
         }
         self.next_conn += 1;
         let id = ConnId::new(self.cfg.shard, self.next_conn);
-        self.cids.insert(scid.to_vec(), id);
-        self.cids.insert(odcid.clone(), id);
+        let scid_key = CidKey::new(&scid).unwrap_or(key);
+        self.cids.insert(scid_key, id);
+        self.cids.insert(key, id);
         self.handshaking += 1;
         self.conns.insert(
             id,
@@ -476,12 +489,12 @@ impl Endpoint {
                 opened: false,
                 partial: None,
                 closing: None,
-                last_send: Instant::now(),
+                last_send: now.mono,
                 deadline: None,
-                cids: vec![scid.to_vec(), odcid],
+                cids: vec![scid_key, key],
             },
         );
-        self.recv(id, buf, from, to);
+        self.recv(id, buf, from, to, now);
     }
 
     fn fresh_cid(&mut self) -> [u8; CID_LEN] {
@@ -490,7 +503,7 @@ impl Endpoint {
         encode_cid(self.cfg.node_id, self.cfg.shard, &random)
     }
 
-    fn recv(&mut self, id: ConnId, buf: &mut [u8], from: SocketAddr, to: SocketAddr) {
+    fn recv(&mut self, id: ConnId, buf: &mut [u8], from: SocketAddr, to: SocketAddr, now: Now) {
         let Some(e) = self.conns.get_mut(&id) else {
             return;
         };
@@ -499,13 +512,12 @@ impl Endpoint {
                 tracing::debug!(shard = %self.cfg.shard, conn = %id, error = %err, "recv failed");
             }
         }
-        self.after_io(id);
+        self.after_io(id, now);
     }
 
     /// Reads streams, feeds the core, writes frames; marks the connection for sending.
-    fn after_io(&mut self, id: ConnId) {
+    fn after_io(&mut self, id: ConnId, t: Now) {
         self.dirty.insert(id);
-        let t = now();
         let Some(e) = self.conns.get_mut(&id) else {
             return;
         };
@@ -533,7 +545,16 @@ impl Endpoint {
     }
 
     fn read_streams(&mut self, id: ConnId, t: Now) {
-        let mut buf = [0u8; 16 * 1024];
+        // The buffer is lent out for the call (and put back), so it is not zeroed each time.
+        let mut buf = self
+            .read_buf
+            .take()
+            .unwrap_or_else(|| Box::new([0u8; READ_BUF]));
+        self.read_streams_into(id, t, &mut buf[..]);
+        self.read_buf = Some(buf);
+    }
+
+    fn read_streams_into(&mut self, id: ConnId, t: Now, buf: &mut [u8]) {
         loop {
             let Some(e) = self.conns.get_mut(&id) else {
                 return;
@@ -548,7 +569,7 @@ impl Endpoint {
                 let Some(e) = self.conns.get_mut(&id) else {
                     return;
                 };
-                let (n, fin) = match e.conn.stream_recv(sid, &mut buf) {
+                let (n, fin) = match e.conn.stream_recv(sid, buf) {
                     Ok(v) => v,
                     Err(quiche::Error::StreamReset(_)) => {
                         if let App::Wt(wt) = &mut e.app {
@@ -572,9 +593,7 @@ impl Endpoint {
                             None => false,
                         };
                         if ours {
-                            let started = Instant::now();
                             self.core.handle_stream_data(id, &buf[..n], t);
-                            self.lat[2].record(started.elapsed(), started);
                             if fin {
                                 // The client finished its signaling stream: treat as close.
                                 self.close_conn(id, 0, b"stream finished");
@@ -681,9 +700,7 @@ impl Endpoint {
                         }
                         Some(_) => {}
                     }
-                    let started = Instant::now();
                     self.core.handle_stream_data(id, &data, t);
-                    self.lat[2].record(started.elapsed(), started);
                     if fin {
                         self.close_conn(id, 0, b"stream finished");
                     }
@@ -712,7 +729,7 @@ impl Endpoint {
         let Some(entry) = self.conns.remove(&id) else {
             return;
         };
-        self.move_out(id, to, entry, None);
+        self.move_out(id, to, entry, None, t);
     }
 
     fn close_conn(&mut self, id: ConnId, code: u64, reason: &[u8]) {
@@ -724,13 +741,7 @@ impl Endpoint {
 
     /// Runs queued core work, applies its actions and writes its frames.
     fn drive_core(&mut self, t: Now) {
-        loop {
-            let started = Instant::now();
-            if !self.core.process_next(t) {
-                break;
-            }
-            self.lat[1].record(started.elapsed(), started);
-        }
+        self.core.process_all(t);
         while let Some(a) = self.core.poll_action() {
             match a {
                 Action::Close { conn, code, reason } => {
@@ -748,13 +759,8 @@ impl Endpoint {
                         }
                     }
                 }
-                Action::Handoff { conn, to, join } => self.hand_off(conn, to, *join),
-                Action::Notify(ev) => {
-                    if self.events_tx.try_send((self.cfg.shard, ev)).is_err() {
-                        self.events_dropped += 1;
-                        self.bump_drop("controller", "event_queue_full");
-                    }
-                }
+                Action::Handoff { conn, to, join } => self.hand_off(conn, to, *join, t),
+                Action::Notify(ev) => self.out.events.push(ev),
             }
         }
         while let Some(conn) = self.core.poll_writable() {
@@ -815,15 +821,22 @@ impl Endpoint {
         }
     }
 
-    fn hand_off(&mut self, id: ConnId, to: ShardId, join: HandoffJoin) {
+    fn hand_off(&mut self, id: ConnId, to: ShardId, join: HandoffJoin, t: Now) {
         let Some(entry) = self.conns.remove(&id) else {
             return;
         };
-        self.move_out(id, to, entry, Some(join));
+        self.move_out(id, to, entry, Some(join), t);
     }
 
-    fn move_out(&mut self, id: ConnId, to: ShardId, entry: ConnEntry, join: Option<HandoffJoin>) {
-        let expires = Instant::now() + MOVED_TTL;
+    fn move_out(
+        &mut self,
+        id: ConnId,
+        to: ShardId,
+        entry: ConnEntry,
+        join: Option<HandoffJoin>,
+        t: Now,
+    ) {
+        let expires = t.mono + MOVED_TTL;
         let mut entry = entry;
         for cid in std::mem::take(&mut entry.cids) {
             if self.cids.get(&cid) == Some(&id) {
@@ -840,28 +853,18 @@ impl Endpoint {
             .push((to, PeerMsg::Handoff(Box::new(Handoff { id, entry, join }))));
     }
 
-    /// A message from another shard.
-    pub fn on_peer(&mut self, msg: PeerMsg) {
+    /// A message from another shard, received at `now`.
+    pub fn handle_peer(&mut self, msg: PeerMsg, now: Now) {
         match msg {
             PeerMsg::Datagram { mut data, from, to } => {
-                self.on_forwarded_inner(&mut data, from, to)
+                self.stats.datagrams_from_peers += 1;
+                self.route(&mut data, from, to, true, now);
             }
-            PeerMsg::Handoff(h) => {
-                let started = Instant::now();
-                self.adopt(*h);
-                self.lat[1].record(started.elapsed(), started);
-            }
+            PeerMsg::Handoff(h) => self.adopt(*h, now),
         }
     }
 
-    fn on_forwarded_inner(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr) {
-        self.stats.datagrams_from_peers += 1;
-        let started = Instant::now();
-        self.route(data, from, to, true);
-        self.lat[2].record(started.elapsed(), started);
-    }
-
-    fn adopt(&mut self, h: Handoff) {
+    fn adopt(&mut self, h: Handoff, t: Now) {
         let Handoff {
             id,
             mut entry,
@@ -870,9 +873,13 @@ impl Endpoint {
         self.stats.handoffs_in += 1;
         // Timers live in the owning shard's heap: re-arm here.
         entry.deadline = None;
-        entry.cids = entry.conn.source_ids().map(|c| c.to_vec()).collect();
+        entry.cids = entry
+            .conn
+            .source_ids()
+            .filter_map(|c| CidKey::new(c))
+            .collect();
         for cid in &entry.cids {
-            self.cids.insert(cid.clone(), id);
+            self.cids.insert(*cid, id);
         }
         // Issue CIDs that name this shard, as many as the peer accepts, so every older CID is
         // retired (RETIRE_PRIOR_TO) and the client's packets name their owner from now on;
@@ -891,8 +898,10 @@ impl Endpoint {
                 )
                 .is_ok()
             {
-                self.cids.insert(cid.to_vec(), id);
-                entry.cids.push(cid.to_vec());
+                if let Some(key) = CidKey::new(&cid) {
+                    self.cids.insert(key, id);
+                    entry.cids.push(key);
+                }
             }
         }
         if let App::Wt(wt) = &mut entry.app {
@@ -905,23 +914,21 @@ impl Endpoint {
             }
         }
         self.conns.insert(id, entry);
-        let t = now();
         match join {
             Some(join) => self.core.handle_adopted(id, join, t),
             None => self.core.handle_connection_opened(id, t),
         }
         // A WebTransport session accepted before the handoff: nothing else to do; its
         // stream bytes arrive with the connection's next packets.
-        self.after_io(id);
+        self.after_io(id, t);
     }
 
     // ------------------------------------------------------------------------------
     // Timers, control, sending
     // ------------------------------------------------------------------------------
 
-    /// Fires due connection and core timers, serves control requests, sweeps keep-alives.
-    pub fn on_tick(&mut self) {
-        let t = now();
+    /// Fires due connection and core timers and sweeps keep-alives at `t`.
+    pub fn handle_timeout(&mut self, t: Now) {
         while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
             if at > t.mono {
                 break;
@@ -972,7 +979,6 @@ impl Endpoint {
             self.last_sweep = t.mono;
             self.sweep(t.mono);
         }
-        self.serve_control(t);
         self.drive_core(t);
     }
 
@@ -989,56 +995,18 @@ impl Endpoint {
         }
     }
 
-    fn serve_control(&mut self, t: Now) {
-        while let Ok(msg) = self.control_rx.try_recv() {
-            let started = Instant::now();
-            let reply = match msg.req {
-                ShardRequest::Snapshot => ShardReply::Snapshot(Box::new(self.snapshot(t))),
-                ShardRequest::Assign {
-                    meeting_id,
-                    media_handlers,
-                } => ShardReply::Assigned(self.core.assign_meeting(meeting_id, media_handlers, t)),
-                ShardRequest::ListMeetings => ShardReply::Meetings(self.core.meetings(t)),
-                ShardRequest::ShowMeeting(id) => {
-                    ShardReply::Meeting(self.core.meeting(&id, t).map(Box::new))
-                }
-                ShardRequest::EndMeeting(id, reason) => {
-                    ShardReply::Ended(self.core.end_meeting(&id, reason, t))
-                }
-                ShardRequest::SetDraining(d) => {
-                    self.core.set_draining(d);
-                    ShardReply::Done
-                }
-                ShardRequest::EndAll(reason) => {
-                    self.core.set_draining(true);
-                    ShardReply::EndedAll(self.core.end_all(reason, t))
-                }
-                ShardRequest::Shutdown => {
-                    self.stopping = true;
-                    self.core.set_draining(true);
-                    for e in self.conns.values_mut() {
-                        let _ = e.conn.close(true, 0x0, b"shutting down");
-                    }
-                    self.dirty.extend(self.conns.keys().copied());
-                    ShardReply::Done
-                }
-            };
-            if let Some(tx) = msg.reply {
-                let _ = tx.try_send(reply);
-            }
-            self.lat[0].record(started.elapsed(), started);
-        }
-    }
-
     /// Generates packets for every connection touched since the last call and reaps closed ones.
-    pub fn flush(&mut self) {
-        let t = now();
+    /// Each connection is flushed once however many datagrams touched it, so quiche packs
+    /// every frame queued since the last flush into as few packets as it can.
+    pub fn flush(&mut self, t: Now) {
+        let mut batch = std::mem::take(&mut self.flushing);
         while !self.dirty.is_empty() {
-            let batch: Vec<ConnId> = self.dirty.drain().collect();
-            for id in batch {
+            batch.extend(self.dirty.drain());
+            for id in batch.drain(..) {
                 self.flush_one(id, t);
             }
         }
+        self.flushing = batch;
     }
 
     fn flush_one(&mut self, id: ConnId, t: Now) {
@@ -1079,11 +1047,13 @@ impl Endpoint {
             return;
         }
         while let Some(retired) = e.conn.retired_scid_next() {
-            let retired: &[u8] = retired.as_ref();
-            if self.cids.get(retired) == Some(&id) {
-                self.cids.remove(retired);
+            let Some(retired) = CidKey::new(retired.as_ref()) else {
+                continue;
+            };
+            if self.cids.get(&retired) == Some(&id) {
+                self.cids.remove(&retired);
             }
-            e.cids.retain(|c| c.as_slice() != retired);
+            e.cids.retain(|c| *c != retired);
         }
         // Arm the heap only when the connection's deadline moves earlier than the entry
         // already armed; a later deadline is found when that entry fires (on_tick re-arms).
@@ -1116,58 +1086,4 @@ impl Endpoint {
         self.core.handle_connection_closed(id, t);
         self.drive_core(t);
     }
-
-    fn snapshot(&mut self, t: Now) -> ShardSnapshot {
-        let s = self.core.stats();
-        let mut dropped: Vec<(&'static str, &'static str, u64)> =
-            s.dropped.iter().map(|((a, r), n)| (*a, *r, *n)).collect();
-        for ((a, r), n) in &self.extra_drops {
-            dropped.push((a, r, *n));
-        }
-        ShardSnapshot {
-            shard: self.cfg.shard.0,
-            cpu: self.cpu,
-            meetings: self.core.meeting_count(),
-            participants: self.core.participant_count(),
-            connections: self.conns.len(),
-            mailbox_depth: [
-                self.control_rx.len(),
-                self.core.inbox_depth(),
-                self.core.outbound_depth(),
-            ],
-            processing: [
-                self.lat[0].snapshot(t.mono),
-                self.lat[1].snapshot(t.mono),
-                self.lat[2].snapshot(t.mono),
-            ],
-            dropped,
-            panics: s.panics.iter().map(|(a, n)| (*a, *n)).collect(),
-            joins: s.joins.iter().map(|(a, n)| (*a, *n)).collect(),
-            token_failures: s.token_failures.iter().map(|(a, n)| (*a, *n)).collect(),
-            handshakes: self.stats.handshakes,
-            retries: self.stats.retries,
-            handshakes_shed: self.stats.handshakes_shed,
-            datagrams_received: self.stats.datagrams_received,
-            datagrams_forwarded: self.stats.datagrams_forwarded,
-            udp_receive_drops: self.kernel_drops.as_ref().and_then(|probe| probe()),
-            handoffs_out: self.stats.handoffs_out,
-            handoffs_in: self.stats.handoffs_in,
-            cpu_seconds: thread_cpu_seconds(),
-            draining: self.core.is_draining(),
-        }
-    }
-}
-
-/// CPU time consumed by the calling thread.
-pub fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0.0;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }

@@ -1,6 +1,12 @@
 //! The glommio glue of one shard: a `LocalExecutor` pinned to one CPU running three kinds of
-//! tasks over one [`Endpoint`]: the socket reader, one reader per peer shard, and a ticker
-//! (timers and control requests). No task holds the endpoint across an `.await`.
+//! tasks over one [`ShardHost`]: the socket reader, one reader per peer shard, and a ticker
+//! (timers and control requests). No task holds the host across an `.await`.
+//!
+//! The socket reader works in turns: it awaits one datagram, then drains the socket without
+//! blocking (`recvmmsg`, [`RECV_BATCH`] per call) up to [`TURN_DATAGRAMS`] datagrams or
+//! [`TURN_BUDGET`], and only then flushes — each connection once — and sends everything with
+//! `sendmmsg`. So a connection's frames from many inbound datagrams share packets, ACKs are
+//! coalesced, and a busy socket costs one wake-up per turn instead of one per datagram.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -14,11 +20,18 @@ use glommio::channels::shared_channel::{
 use glommio::net::UdpSocket;
 
 use crate::core::ids::ShardId;
-use crate::quic::endpoint::{Endpoint, PeerMsg};
-use crate::runtime::udp;
+use crate::quic::endpoint::PeerMsg;
+use crate::runtime::host::{clock, ShardHost};
+use crate::runtime::udp::{self, RECV_BATCH};
 
 /// Longest sleep of the ticker: bounds the latency of control requests.
 const MAX_TICK: Duration = Duration::from_millis(5);
+/// Most datagrams handled in one socket turn before its packets are flushed. Large enough that
+/// a busy shard coalesces many frames per connection into each packet (measured in
+/// docs/performance.md), small enough that a turn stays within about a millisecond or two.
+pub const TURN_DATAGRAMS: usize = 1024;
+/// Longest a socket turn keeps reading before it flushes, whatever the count.
+pub const TURN_BUDGET: Duration = Duration::from_millis(2);
 
 /// Everything a shard thread needs, moved into it.
 pub struct ShardParts {
@@ -36,21 +49,20 @@ pub struct ShardParts {
 
 type Peers = Rc<Vec<Option<ConnectedSender<PeerMsg>>>>;
 
-/// The shard's socket and the reusable `sendmmsg` arrays that write to it.
+/// The shard's socket and the reusable `recvmmsg`/`sendmmsg` arrays that use it.
 struct Wire {
     socket: UdpSocket,
     batcher: RefCell<udp::Batcher>,
+    receiver: RefCell<udp::Receiver>,
 }
 
-async fn flush(ep: &Rc<RefCell<Endpoint>>, wire: &Rc<Wire>, peers: &Peers) {
+type Host = Rc<RefCell<ShardHost>>;
+
+async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers) {
     loop {
-        let mut out = {
-            let mut e = ep.borrow_mut();
-            e.flush();
-            e.take_output()
-        };
+        let mut out = host.borrow_mut().flush(clock());
         if out.packets.is_empty() && out.peers.is_empty() {
-            ep.borrow_mut().recycle(out);
+            host.borrow_mut().recycle(out);
             return;
         }
         for (to, msg) in out.peers.drain(..) {
@@ -60,7 +72,7 @@ async fn flush(ep: &Rc<RefCell<Endpoint>>, wire: &Rc<Wire>, peers: &Peers) {
                 None => false,
             };
             if !sent {
-                ep.borrow_mut().count_peer_drop(kind);
+                host.borrow_mut().count_peer_drop(kind);
             }
         }
         let mut i = 0;
@@ -81,12 +93,57 @@ async fn flush(ep: &Rc<RefCell<Endpoint>>, wire: &Rc<Wire>, peers: &Peers) {
                 i += 1;
             }
         }
-        ep.borrow_mut().recycle(out);
+        host.borrow_mut().recycle(out);
     }
 }
 
+/// One socket turn after `first` (already read, `n` bytes from `from`) arrived: drain the
+/// socket without blocking within the turn's bounds, feeding every datagram to the endpoint.
+/// Returns how many datagrams the turn handled.
+fn read_turn(
+    host: &Host,
+    wire: &Wire,
+    first: &mut [u8],
+    from: SocketAddr,
+    local: SocketAddr,
+    started: Instant,
+) -> usize {
+    let mut now = clock();
+    let mut h = host.borrow_mut();
+    h.endpoint_mut().handle_datagram(first, from, local, now);
+    let mut handled = 1;
+    let mut rx = wire.receiver.borrow_mut();
+    while handled < TURN_DATAGRAMS {
+        let got = match rx.recv(wire.socket.as_raw_fd()) {
+            Ok(got) => got,
+            Err(e) => {
+                tracing::debug!(error = %e, "recvmmsg failed");
+                break;
+            }
+        };
+        if got.truncated > 0 {
+            h.count_oversized(got.truncated);
+        }
+        if got.count == 0 {
+            break;
+        }
+        now = clock();
+        let ep = h.endpoint_mut();
+        for i in 0..got.count {
+            if let Some((buf, from)) = rx.datagram(i) {
+                ep.handle_datagram(buf, from, local, now);
+            }
+        }
+        handled += got.count;
+        if got.count < RECV_BATCH || now.mono.saturating_duration_since(started) >= TURN_BUDGET {
+            break;
+        }
+    }
+    handled
+}
+
 /// Runs the shard until a `Shutdown` request completes.
-pub async fn run(parts: ShardParts, ep: Endpoint) {
+pub async fn run(parts: ShardParts, host: ShardHost) {
     let ShardParts {
         shard,
         socket,
@@ -98,11 +155,12 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
     let wire = Rc::new(Wire {
         socket: unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) },
         batcher: RefCell::new(udp::Batcher::default()),
+        receiver: RefCell::new(udp::Receiver::default()),
     });
-    let mut ep = ep;
+    let mut host = host;
     let fd = wire.socket.as_raw_fd();
-    ep.set_kernel_drops_probe(Box::new(move || udp::receive_drops(fd)));
-    let ep = Rc::new(RefCell::new(ep));
+    host.set_kernel_drops_probe(Box::new(move || udp::receive_drops(fd)));
+    let host: Host = Rc::new(RefCell::new(host));
     // Connect both directions concurrently: a sender's connect waits for its receiver. The
     // reactor only re-checks pending connections when it wakes up, so keep it awake with a
     // short timer until the mesh is connected (otherwise a late peer can leave us parked).
@@ -140,24 +198,33 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
     let mut tasks = Vec::new();
     for rx in receivers {
         let rx: ConnectedReceiver<PeerMsg> = rx;
-        let (ep, wire, peers) = (ep.clone(), wire.clone(), peers.clone());
+        let (host, wire, peers) = (host.clone(), wire.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                ep.borrow_mut().on_peer(msg);
-                flush(&ep, &wire, &peers).await;
+                let started = Instant::now();
+                let datagrams = u64::from(matches!(msg, PeerMsg::Datagram { .. }));
+                host.borrow_mut().handle_peer(msg, clock());
+                flush(&host, &wire, &peers).await;
+                let done = Instant::now();
+                host.borrow_mut()
+                    .record_turn(done - started, datagrams, done);
                 glommio::yield_if_needed().await;
             }
         }));
     }
     {
-        let (ep, wire, peers) = (ep.clone(), wire.clone(), peers.clone());
+        let (host, wire, peers) = (host.clone(), wire.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             let mut buf = vec![0u8; 65536];
             loop {
                 match wire.socket.recv_from(&mut buf).await {
                     Ok((n, from)) => {
-                        ep.borrow_mut().on_datagram(&mut buf[..n], from, local);
-                        flush(&ep, &wire, &peers).await;
+                        let started = Instant::now();
+                        let handled = read_turn(&host, &wire, &mut buf[..n], from, local, started);
+                        flush(&host, &wire, &peers).await;
+                        let done = Instant::now();
+                        host.borrow_mut()
+                            .record_turn(done - started, handled as u64, done);
                         // A busy socket must not starve the ticker (timers, control requests).
                         glommio::yield_if_needed().await;
                     }
@@ -173,18 +240,22 @@ pub async fn run(parts: ShardParts, ep: Endpoint) {
     let mut stop_since: Option<Instant> = None;
     loop {
         let wait = {
-            let e = ep.borrow();
-            e.next_deadline()
+            let h = host.borrow();
+            h.endpoint()
+                .poll_timeout()
                 .map(|d| d.saturating_duration_since(Instant::now()))
                 .unwrap_or(MAX_TICK)
                 .clamp(Duration::from_micros(200), MAX_TICK)
         };
         glommio::timer::sleep(wait).await;
-        ep.borrow_mut().on_tick();
-        flush(&ep, &wire, &peers).await;
+        let started = Instant::now();
+        host.borrow_mut().handle_tick(clock());
+        flush(&host, &wire, &peers).await;
+        let done = Instant::now();
+        host.borrow_mut().record_turn(done - started, 0, done);
         let (stopping, stopped) = {
-            let e = ep.borrow();
-            (e.stopping(), e.stopped())
+            let h = host.borrow();
+            (h.stopping(), h.stopped())
         };
         if stopping {
             let since = *stop_since.get_or_insert_with(Instant::now);

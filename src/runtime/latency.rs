@@ -42,19 +42,28 @@ impl LatencyRecorder {
 
     /// Records one observation.
     pub fn record(&mut self, d: Duration, now: Instant) {
+        self.record_n(d, 1, now);
+    }
+
+    /// Records `n` observations of the same duration (every message of a batch that was
+    /// handled within `d`).
+    pub fn record_n(&mut self, d: Duration, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
         let secs = d.as_secs_f64();
         let idx = LATENCY_BUCKETS
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[idx] += 1;
-        self.count += 1;
-        self.sum_seconds += secs;
+        self.buckets[idx] += n;
+        self.count += n;
+        self.sum_seconds += secs * n as f64;
         self.rotate(now);
         let ns = u64::try_from(d.as_nanos())
             .unwrap_or(u64::MAX)
             .clamp(1, 60_000_000_000);
-        self.current.saturating_record(ns);
+        self.current.saturating_record_n(ns, n);
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -123,5 +132,20 @@ mod tests {
         let s = r.snapshot(later + WINDOW);
         assert_eq!(s.count, 101);
         assert!(s.p50_ms > 4.0 && s.p50_ms < 6.0, "{}", s.p50_ms);
+    }
+
+    #[test]
+    fn a_batch_counts_once_per_message() {
+        let t0 = Instant::now();
+        let mut r = LatencyRecorder::new(t0);
+        r.record_n(Duration::from_micros(300), 64, t0);
+        r.record_n(Duration::from_micros(300), 0, t0);
+        let s = r.snapshot(t0);
+        assert_eq!(s.count, 64);
+        assert!((s.sum_seconds - 64.0 * 300e-6).abs() < 1e-9);
+        let i500 = LATENCY_BUCKETS.iter().position(|b| *b == 0.000_5).unwrap();
+        assert_eq!(s.buckets[i500], 64);
+        assert_eq!(s.buckets[i500 - 1], 0);
+        assert!(s.p99_ms > 0.29 && s.p99_ms < 0.31, "{}", s.p99_ms);
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cpus;
 pub mod executor;
+pub mod host;
 pub mod latency;
 pub mod link;
 pub mod steering;
@@ -223,9 +224,11 @@ pub fn start(
                 }
             };
             let core = Shard::new(ccfg, verifier, binding);
-            let ep = Endpoint::new(ecfg, qcfg, core, control_rx, events_tx, Some(cpu));
+            let started = std::time::Instant::now();
+            let ep = Endpoint::new(ecfg, qcfg, core, started);
+            let host = host::ShardHost::new(ep, control_rx, events_tx, Some(cpu), started);
             let _ = ready_tx.send(Ok(i as u16));
-            executor::run(parts, ep).await;
+            executor::run(parts, host).await;
         });
         match spawned {
             Ok(h) => threads.push(std::thread::spawn(move || {

@@ -142,6 +142,152 @@ impl Batcher {
     }
 }
 
+/// Datagrams per `recvmmsg` call.
+pub const RECV_BATCH: usize = 64;
+/// Bytes of one receive slot. Larger datagrams are truncated by the kernel and dropped here:
+/// we advertise `max_udp_payload_size` 1350 and Initials are padded to about 1200-1500 bytes.
+pub const RECV_SLOT: usize = 2048;
+
+/// What one [`Receiver::recv`] call read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Datagrams now in slots `0..count`.
+    pub count: usize,
+    /// Datagrams the kernel truncated (larger than [`RECV_SLOT`]); they are not in the slots.
+    pub truncated: usize,
+}
+
+/// Batched non-blocking receives: one `recvmmsg(2)` reads up to [`RECV_BATCH`] datagrams into
+/// slots allocated once per shard.
+pub struct Receiver {
+    bufs: Box<[[u8; RECV_SLOT]; RECV_BATCH]>,
+    addrs: Box<[libc::sockaddr_storage; RECV_BATCH]>,
+    iovs: Box<[libc::iovec; RECV_BATCH]>,
+    hdrs: Box<[libc::mmsghdr; RECV_BATCH]>,
+    /// `(slot, len, from)` of the datagrams read by the last call.
+    got: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid value of these plain C structs and byte arrays.
+        unsafe {
+            Self {
+                bufs: Box::new(zeroed()),
+                addrs: Box::new(zeroed()),
+                iovs: Box::new(zeroed()),
+                hdrs: Box::new(zeroed()),
+                got: Vec::with_capacity(RECV_BATCH),
+            }
+        }
+    }
+}
+
+fn socket_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a sockaddr_in here (family and length checked).
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the kernel wrote a sockaddr_in6 here (family and length checked).
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+impl Receiver {
+    /// Reads what the non-blocking UDP socket `fd` holds, up to [`RECV_BATCH`] datagrams,
+    /// without waiting. `Ok` with a count of 0 means the socket is empty.
+    pub fn recv(&mut self, fd: RawFd) -> std::io::Result<Received> {
+        let Self {
+            bufs,
+            addrs,
+            iovs,
+            hdrs,
+            got,
+        } = self;
+        got.clear();
+        for k in 0..RECV_BATCH {
+            iovs[k] = libc::iovec {
+                iov_base: bufs[k].as_mut_ptr().cast(),
+                iov_len: RECV_SLOT,
+            };
+            // SAFETY: all-zero is a valid msghdr.
+            let mut h: libc::msghdr = unsafe { zeroed() };
+            h.msg_name = (&mut addrs[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut iovs[k];
+            h.msg_iovlen = 1;
+            hdrs[k] = libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            };
+        }
+        let ret = loop {
+            // SAFETY: `hdrs` point into `addrs`, `iovs` and `bufs`, all owned by `self`, alive
+            // and not otherwise borrowed during the call; the kernel writes at most
+            // `iov_len`/`msg_namelen` bytes into each.
+            let ret = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    hdrs.as_mut_ptr(),
+                    RECV_BATCH as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if ret >= 0 {
+                break ret as usize;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.kind() {
+                std::io::ErrorKind::WouldBlock => {
+                    return Ok(Received {
+                        count: 0,
+                        truncated: 0,
+                    })
+                }
+                std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(err),
+            }
+        };
+        let mut truncated = 0;
+        for (k, h) in hdrs.iter().enumerate().take(ret) {
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                truncated += 1;
+                continue;
+            }
+            match socket_addr(&addrs[k], h.msg_hdr.msg_namelen) {
+                Some(from) => got.push((k, h.msg_len as usize, from)),
+                None => truncated += 1,
+            }
+        }
+        Ok(Received {
+            count: got.len(),
+            truncated,
+        })
+    }
+
+    /// The `i`-th datagram read by the last [`Receiver::recv`]: its bytes (mutable: quiche
+    /// decrypts in place) and its source.
+    pub fn datagram(&mut self, i: usize) -> Option<(&mut [u8], SocketAddr)> {
+        let (slot, len, from) = *self.got.get(i)?;
+        Some((self.bufs.get_mut(slot)?.get_mut(..len)?, from))
+    }
+}
+
 /// Datagrams the kernel dropped for this socket since it was opened, mostly because its
 /// receive queue was full (`SO_MEMINFO`, the `drops` column of `/proc/net/udp`). One
 /// non-blocking `getsockopt`; `None` where the kernel does not report it.
@@ -215,6 +361,49 @@ mod tests {
             assert_eq!((r.next, r.failed), (2, 1), "{r:?}");
             assert_eq!(recv_all(&a, 1), vec![b"after".to_vec()]);
         }
+    }
+
+    #[test]
+    fn receiver_reads_a_batch_with_sources_and_stops_when_empty() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let total = RECV_BATCH + 6;
+        for i in 0..total {
+            let from = if i % 2 == 0 { &a } else { &b };
+            from.send_to(&(i as u32).to_be_bytes(), to).unwrap();
+        }
+        // Too large for a slot: truncated by the kernel and reported, not delivered.
+        a.send_to(&[7u8; RECV_SLOT + 1], to).unwrap();
+        let mut r = Receiver::default();
+        let mut seen = Vec::new();
+        let mut truncated = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.len() < total || truncated == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} arrived",
+                seen.len()
+            );
+            let got = r.recv(rx.as_raw_fd()).unwrap();
+            assert!(got.count <= RECV_BATCH);
+            truncated += got.truncated;
+            for i in 0..got.count {
+                let (bytes, from) = r.datagram(i).unwrap();
+                seen.push((u32::from_be_bytes(bytes.try_into().unwrap()), from));
+            }
+        }
+        assert_eq!(truncated, 1);
+        for (i, (n, from)) in seen.iter().enumerate() {
+            assert_eq!(*n as usize, i);
+            let want = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(*from, want.local_addr().unwrap());
+        }
+        let empty = r.recv(rx.as_raw_fd()).unwrap();
+        assert_eq!((empty.count, empty.truncated), (0, 0));
+        assert!(r.datagram(0).is_none());
     }
 
     #[test]

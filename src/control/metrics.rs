@@ -434,6 +434,30 @@ impl Collector for ShardCollector {
         )?;
         counter(
             e,
+            "mc_datagrams_from_peers",
+            "Datagrams another shard forwarded to this one",
+            &per_shard(&views, |v| v.snapshot.datagrams_from_peers as f64),
+        )?;
+        counter(
+            e,
+            "mc_datagrams_dropped",
+            "Datagrams dropped before reaching a connection, by reason",
+            &labelled(&views, "reason", |v| v.snapshot.datagrams_dropped.clone()),
+        )?;
+        counter(
+            e,
+            "mc_connections_refused",
+            "Connections refused because the shard held --max-connections-per-shard",
+            &per_shard(&views, |v| v.snapshot.connections_refused as f64),
+        )?;
+        counter(
+            e,
+            "mc_retry_tokens_invalid",
+            "Initial packets dropped because their Retry token was invalid or expired",
+            &per_shard(&views, |v| v.snapshot.retry_tokens_invalid as f64),
+        )?;
+        counter(
+            e,
             "mc_udp_receive_drops",
             "Datagrams the kernel dropped for the shard's UDP socket, mostly because its receive queue was full (raise net.core.rmem_max)",
             &views

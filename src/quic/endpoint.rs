@@ -169,6 +169,48 @@ struct Closing {
     hard_deadline: Instant,
 }
 
+/// Why a datagram was dropped before it reached a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramDrop {
+    /// No valid QUIC header, or a CID longer than QUIC allows.
+    Unparseable,
+    /// Could open a connection but is smaller than RFC 9000's 1200 bytes (never answered, so
+    /// the server cannot amplify).
+    TooShort,
+    /// A non-Initial packet for a connection this shard does not know (expired, reaped).
+    UnknownConnection,
+    /// An Initial while the shard shuts down.
+    Stopping,
+    /// quiche refused to create a connection from the Initial.
+    AcceptFailed,
+    /// Larger than a receive slot; the kernel truncated it.
+    Oversized,
+}
+
+impl DatagramDrop {
+    /// Every reason, in index order.
+    pub const ALL: [DatagramDrop; 6] = [
+        DatagramDrop::Unparseable,
+        DatagramDrop::TooShort,
+        DatagramDrop::UnknownConnection,
+        DatagramDrop::Stopping,
+        DatagramDrop::AcceptFailed,
+        DatagramDrop::Oversized,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatagramDrop::Unparseable => "unparseable",
+            DatagramDrop::TooShort => "too_short",
+            DatagramDrop::UnknownConnection => "unknown_connection",
+            DatagramDrop::Stopping => "stopping",
+            DatagramDrop::AcceptFailed => "accept_failed",
+            DatagramDrop::Oversized => "oversized",
+        }
+    }
+}
+
 /// Counters of the transport layer.
 #[derive(Debug, Default, Clone)]
 pub struct TransportStats {
@@ -184,8 +226,9 @@ pub struct TransportStats {
     pub handoffs_out: u64,
     /// Connections adopted.
     pub handoffs_in: u64,
-    /// Datagrams dropped (unparseable, unknown connection, refused).
-    pub datagrams_dropped: u64,
+    /// Datagrams dropped before reaching a connection, by reason
+    /// (index: [`DatagramDrop`] as `usize`).
+    pub datagrams_dropped: [u64; DatagramDrop::ALL.len()],
     /// Connections refused at the per-shard limit.
     pub refused: u64,
     /// Retry packets sent.
@@ -317,6 +360,12 @@ impl Endpoint {
         self.dirty.extend(self.conns.keys().copied());
     }
 
+    /// Counts a datagram dropped before it reached a connection (also used by the I/O glue
+    /// for datagrams it could not read whole).
+    pub fn count_drop(&mut self, why: DatagramDrop) {
+        self.stats.datagrams_dropped[why as usize] += 1;
+    }
+
     /// Takes what must be sent. Give it back with [`Endpoint::recycle`] once sent so its
     /// buffers are reused.
     pub fn take_output(&mut self) -> Output {
@@ -363,13 +412,13 @@ impl Endpoint {
         let hdr = match quiche::Header::from_slice(buf, CID_LEN) {
             Ok(h) => h,
             Err(_) => {
-                self.stats.datagrams_dropped += 1;
+                self.count_drop(DatagramDrop::Unparseable);
                 return;
             }
         };
         let dcid: &[u8] = &hdr.dcid;
         let Some(key) = CidKey::new(dcid) else {
-            self.stats.datagrams_dropped += 1;
+            self.count_drop(DatagramDrop::Unparseable);
             return;
         };
         if let Some(id) = self.cids.get(&key).copied() {
@@ -397,7 +446,11 @@ impl Endpoint {
         // bytes; smaller ones get no answer at all (no Version Negotiation, no Retry), so the
         // server can never be used to amplify.
         if buf.len() < MIN_INITIAL_DATAGRAM {
-            self.stats.datagrams_dropped += 1;
+            self.count_drop(if hdr.ty == quiche::Type::Initial {
+                DatagramDrop::TooShort
+            } else {
+                DatagramDrop::UnknownConnection
+            });
             return;
         }
         if !quiche::version_is_supported(hdr.version) {
@@ -407,11 +460,11 @@ impl Endpoint {
             return;
         }
         if hdr.ty != quiche::Type::Initial {
-            self.stats.datagrams_dropped += 1;
+            self.count_drop(DatagramDrop::UnknownConnection);
             return;
         }
         if self.stopping {
-            self.stats.datagrams_dropped += 1;
+            self.count_drop(DatagramDrop::Stopping);
             return;
         }
         let handshaking = self.handshaking;
@@ -467,7 +520,7 @@ impl Endpoint {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(shard = %self.cfg.shard, error = %e, "accept failed");
-                self.stats.datagrams_dropped += 1;
+                self.count_drop(DatagramDrop::AcceptFailed);
                 return;
             }
         };

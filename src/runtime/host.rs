@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::core::ids::ShardId;
 use crate::core::shard::{Now, ShardEvent};
-use crate::quic::endpoint::{Endpoint, Output, PeerMsg, PeerMsgKind};
+use crate::quic::endpoint::{DatagramDrop, Endpoint, Output, PeerMsg, PeerMsgKind};
 use crate::runtime::latency::LatencyRecorder;
 use crate::runtime::link::{ControlMsg, ShardReply, ShardRequest, ShardSnapshot};
 
@@ -198,9 +198,12 @@ impl ShardHost {
     }
 
     fn answer(&mut self, req: ShardRequest, t: Now) -> ShardReply {
+        if let ShardRequest::Snapshot = req {
+            return ShardReply::Snapshot(Box::new(self.snapshot(t)));
+        }
         let core = self.ep.core_mut();
         match req {
-            ShardRequest::Snapshot => return ShardReply::Snapshot(Box::new(self.snapshot(t))),
+            ShardRequest::Snapshot => ShardReply::Done,
             ShardRequest::Assign {
                 meeting_id,
                 media_handlers,
@@ -262,6 +265,13 @@ impl ShardHost {
             handshakes_shed: ts.handshakes_shed,
             datagrams_received: ts.datagrams_received,
             datagrams_forwarded: ts.datagrams_forwarded,
+            datagrams_from_peers: ts.datagrams_from_peers,
+            datagrams_dropped: DatagramDrop::ALL
+                .iter()
+                .map(|d| (d.as_str(), ts.datagrams_dropped[*d as usize]))
+                .collect(),
+            connections_refused: ts.refused,
+            retry_tokens_invalid: ts.bad_retry_tokens,
             udp_receive_drops: self.kernel_drops.as_ref().and_then(|probe| probe()),
             handoffs_out: ts.handoffs_out,
             handoffs_in: ts.handoffs_in,

@@ -176,6 +176,14 @@ pub struct ShardSnapshot {
     pub datagrams_received: u64,
     /// Datagrams this shard received for another shard's connection and forwarded.
     pub datagrams_forwarded: u64,
+    /// Datagrams another shard forwarded to this one.
+    pub datagrams_from_peers: u64,
+    /// Datagrams dropped before reaching a connection, by reason.
+    pub datagrams_dropped: Vec<(&'static str, u64)>,
+    /// Connections refused at `--max-connections-per-shard`.
+    pub connections_refused: u64,
+    /// Initials whose Retry token was invalid or expired (dropped).
+    pub retry_tokens_invalid: u64,
     /// Datagrams the kernel dropped for this shard's socket (receive queue full), if known.
     pub udp_receive_drops: Option<u64>,
     /// Connections handed to another shard.

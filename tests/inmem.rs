@@ -280,3 +280,339 @@ fn without_steering_a_handed_off_connection_is_served_through_forwarding() {
     assert_eq!(h.endpoint(S1).stats().datagrams_from_peers, after);
     assert_eq!(h.endpoint(S0).connection_count(), 0);
 }
+
+// ----------------------------------------------------------------------------------------
+// Resume
+// ----------------------------------------------------------------------------------------
+
+/// A resume that must fail: `unauthorized` without naming the reason, then close `0x102`.
+fn expect_refused(h: &mut Harness, home: ShardId, what: &str, join: &ClientMessage) {
+    let c = h.connect(home);
+    h.send(c, join);
+    let err = h.expect(c, what, is_error(ErrorCode::Unauthorized));
+    if let ServerMessage::Error { message, .. } = &err {
+        assert!(
+            !message.contains("binding") && !message.contains("nonce"),
+            "{what}: the message names the reason: {message}"
+        );
+    }
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.closed(c), app_close(close_code::UNAUTHORIZED), "{what}");
+}
+
+#[test]
+fn resume_on_the_other_shard_keeps_the_participant_without_churn() {
+    let mut h = Harness::new(2);
+    let meeting = h.meeting_on(S1, "resume-room");
+    let host = h.connect(S1);
+    let host_id = participant_id(&h.join(host, &meeting, Role::Host, "h"));
+    let peer = h.connect(S0);
+    let peer_jr = h.join(peer, &meeting, Role::Participant, "c");
+    let peer_id = participant_id(&peer_jr);
+    let b = h.connect(S1);
+    let b_jr = h.join(b, &meeting, Role::Participant, "b");
+    let b_id = participant_id(&b_jr);
+    let mut binding = binding_token(&b_jr);
+    for w in [host, peer] {
+        h.expect(w, "b joined", |m| {
+            matches!(m, ServerMessage::ParticipantJoined { participant } if participant.participant_id == b_id)
+        });
+    }
+    h.send(
+        b,
+        &ClientMessage::Mute {
+            audio: true,
+            video: false,
+        },
+    );
+    for c in [host, peer, b] {
+        h.expect(c, "mute_update", |m| {
+            matches!(m, ServerMessage::MuteUpdate { participant_id, audio_muted: true, .. } if *participant_id == b_id)
+        });
+    }
+
+    // Round 1: b's connection is still up (the client noticed a network change first) and it
+    // resumes through shard 0, which hands the new connection to the meeting's shard.
+    // Round 2: b closed its connection cleanly, then resumes through shard 1 directly.
+    let mut spent = Vec::new();
+    let mut current = b;
+    for (round, home) in [(1, S0), (2, S1)] {
+        if round == 2 {
+            h.close(current);
+        }
+        let r = h.connect(home);
+        let resume = h.resume_message(&meeting, "b", &b_id, &binding);
+        h.send(r, &resume);
+        let jr = h.expect(r, "join_response of the resume", |m| {
+            matches!(m, ServerMessage::JoinResponse { .. })
+        });
+        let ServerMessage::JoinResponse {
+            participant_id: resumed,
+            participants,
+            request_id,
+            role,
+            ..
+        } = &jr
+        else {
+            unreachable!()
+        };
+        assert_eq!(*resumed, b_id, "round {round}: same participant id");
+        assert_eq!(*role, Role::Participant);
+        assert_eq!(request_id.as_deref(), Some("resume"));
+        let mut others: Vec<&str> = participants
+            .iter()
+            .map(|p| p.participant_id.as_str())
+            .collect();
+        others.sort_unstable();
+        let mut expected = vec![host_id.as_str(), peer_id.as_str()];
+        expected.sort_unstable();
+        assert_eq!(others, expected, "round {round}: roster of the others");
+        let fresh = binding_token(&jr);
+        assert_ne!(fresh, binding, "round {round}: a new binding token");
+        spent.push(std::mem::replace(&mut binding, fresh));
+        if round == 1 {
+            // The live connection was taken over and closed normally.
+            h.advance(Duration::from_millis(100));
+            assert_eq!(h.closed(current), app_close(close_code::NORMAL));
+        }
+        // Messages flow both ways on the resumed connection.
+        h.send(
+            host,
+            &ClientMessage::Message {
+                payload: serde_json::json!({ "to_b": round }),
+                to: None,
+            },
+        );
+        h.expect(r, "host's message", |m| {
+            matches!(m, ServerMessage::Message { from, .. } if *from == host_id)
+        });
+        h.send(
+            r,
+            &ClientMessage::Message {
+                payload: serde_json::json!({ "from_b": round }),
+                to: None,
+            },
+        );
+        for w in [host, peer] {
+            h.expect(w, "b's message", |m| {
+                matches!(m, ServerMessage::Message { from, .. } if *from == b_id)
+            });
+        }
+        current = r;
+    }
+    assert_eq!(h.endpoint(S0).stats().handoffs_out, 2, "peer and round 1");
+    assert_eq!(h.endpoint(S1).core().stats().joins["resumed"], 2);
+    for w in [host, peer] {
+        assert_eq!(churn_about(&h, w, &b_id), vec![], "churn seen by a witness");
+        assert_eq!(
+            count(&h, w, |m| matches!(m, ServerMessage::MuteUpdate { .. })),
+            0,
+            "no new mute_update"
+        );
+    }
+    // The mute state survived: a newcomer's roster shows b muted.
+    let newcomer = h.connect(S0);
+    let njr = h.join(newcomer, &meeting, Role::Participant, "d");
+    let ServerMessage::JoinResponse { participants, .. } = &njr else {
+        unreachable!()
+    };
+    let b_info = participants
+        .iter()
+        .find(|p| p.participant_id == b_id)
+        .expect("b is in the roster");
+    assert!(b_info.audio_muted && !b_info.video_muted, "{b_info:?}");
+    assert_eq!(participants.len(), 3);
+
+    // Spent, forged and foreign binding tokens are refused, and the refusals leave b alone.
+    for (i, old) in spent.iter().enumerate() {
+        let join = h.resume_message(&meeting, "b", &b_id, old);
+        expect_refused(&mut h, ShardId(i as u16), "reused binding token", &join);
+    }
+    let forged = "A".repeat(mc::core::binding::TOKEN_LEN);
+    let join = h.resume_message(&meeting, "b", &b_id, &forged);
+    expect_refused(&mut h, S0, "forged binding token", &join);
+    let join = h.resume_message(&meeting, "b", &b_id, &binding_token(&peer_jr));
+    expect_refused(&mut h, S1, "c's binding token for b", &join);
+    let join = h.resume_message(&meeting, "mallory", &b_id, &binding);
+    expect_refused(&mut h, S0, "right binding, other user's token", &join);
+    h.send(
+        host,
+        &ClientMessage::Message {
+            payload: serde_json::json!("still b"),
+            to: Some(vec![b_id.clone()]),
+        },
+    );
+    h.expect(current, "message after the refusals", |m| {
+        matches!(m, ServerMessage::Message { from, .. } if *from == host_id)
+    });
+    assert_eq!(h.closed(current), None);
+    assert_eq!(churn_about(&h, host, &b_id), vec![]);
+}
+
+// ----------------------------------------------------------------------------------------
+// Slow consumers, timeouts, drain
+// ----------------------------------------------------------------------------------------
+
+#[test]
+fn a_slow_consumer_is_disconnected_and_the_meeting_carries_on() {
+    let mut cfg = HarnessConfig::new(2);
+    cfg.core.mailbox_size = 16;
+    cfg.core.slow_consumer_drops = 8;
+    cfg.core.rate_limit = 100_000.0;
+    cfg.core.rate_burst = 100_000.0;
+    let mut h = Harness::with_config(cfg);
+    let meeting = "busy";
+    let sender = h.connect(S0);
+    h.join(sender, meeting, Role::Participant, "s");
+    let good = h.connect(S1);
+    h.join(good, meeting, Role::Participant, "g");
+    let slow = h.connect_with(S0, ClientOptions { stream_window: 512 });
+    let slow_id = participant_id(&h.join(slow, meeting, Role::Participant, "w"));
+    h.set_reading(slow, false);
+    let pad = "x".repeat(1000);
+    let total = 200;
+    for i in 0..total {
+        h.send(
+            sender,
+            &ClientMessage::Message {
+                payload: serde_json::json!({ "i": i, "pad": pad }),
+                to: None,
+            },
+        );
+    }
+    h.expect(good, "participant_left connection_lost", |m| {
+        matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::ConnectionLost } if *participant_id == slow_id)
+    });
+    assert_eq!(count(&h, good, is_message), total, "the good reader lost nothing");
+    let owner = h.shard_for(meeting);
+    let stats = h.endpoint(owner).core().stats();
+    assert_eq!(stats.slow_consumers, 1);
+    assert!(stats.dropped[&("connection", "slow_consumer")] >= 8);
+    assert_eq!(h.closed(sender), None);
+    // The slow connection's queued frames never drain: it is closed at the hard deadline.
+    assert_eq!(h.closed(slow), None);
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.closed(slow), app_close(close_code::SLOW_OR_FLOOD));
+    assert_eq!(h.closed(good), None);
+}
+
+#[test]
+fn a_connection_without_a_join_is_closed_at_the_join_timeout() {
+    let mut cfg = HarnessConfig::new(2);
+    cfg.core.join_timeout = Duration::from_secs(5);
+    let mut h = Harness::with_config(cfg);
+    // A handshake and nothing else; a stream opened with a partial header; a joined client.
+    let idle = h.connect(S1);
+    let partial = h.connect(S0);
+    h.send_raw(partial, &[0, 0]);
+    let joined = h.connect(S1);
+    h.join(joined, "punctual", Role::Participant, "p");
+    h.advance(Duration::from_millis(4900));
+    assert_eq!(h.closed(idle), None, "not before the timeout");
+    assert_eq!(h.closed(partial), None, "not before the timeout");
+    assert!(h.received(partial).is_empty());
+    h.advance(Duration::from_millis(200));
+    // The partial stream gets its error, then the close after a short grace.
+    h.expect(partial, "invalid_request", is_error(ErrorCode::InvalidRequest));
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.closed(partial), app_close(close_code::PROTOCOL));
+    // The idle connection has no stream to answer on: it is closed at the close deadline.
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.closed(idle), app_close(close_code::PROTOCOL));
+    let joins = |s: ShardId| h.endpoint(s).core().stats().joins["timeout"];
+    assert_eq!(joins(S0) + joins(S1), 2);
+    assert_eq!(h.closed(joined), None, "a joined connection is not affected");
+}
+
+#[test]
+fn drain_refuses_new_joins_keeps_meetings_then_ends_them_in_order() {
+    let mut h = Harness::new(2);
+    let m0 = h.meeting_on(S0, "drain");
+    let m1 = h.meeting_on(S1, "drain");
+    let mut members = Vec::new();
+    for (i, m) in [&m0, &m0, &m1, &m1].into_iter().enumerate() {
+        let c = h.connect(ShardId((i % 2) as u16));
+        members.push((c, participant_id(&h.join(c, m, Role::Participant, &format!("u{i}")))));
+    }
+    for s in [S0, S1] {
+        h.command(s, |core, _| core.set_draining(true));
+    }
+    // New joins are refused, on either shard and for either meeting.
+    for (home, m) in [(S0, &m0), (S1, &m0), (S0, &m1)] {
+        let c = h.connect(home);
+        let join = h.join_message(m, Role::Participant, "late");
+        h.send(c, &join);
+        h.expect(c, "capacity_exceeded", is_error(ErrorCode::CapacityExceeded));
+        h.advance(Duration::from_millis(100));
+        assert_eq!(h.closed(c), app_close(close_code::CAPACITY));
+    }
+    // Meetings in progress carry on.
+    h.send(
+        members[0].0,
+        &ClientMessage::Message {
+            payload: serde_json::json!("still here"),
+            to: None,
+        },
+    );
+    h.expect(members[1].0, "message during the drain", is_message);
+    assert!(h.events().is_empty(), "no meeting ended yet");
+    // A connection that has not joined yet is refused by end_all as well.
+    let pending = h.connect(S1);
+    h.send_raw(pending, &[0, 0]);
+    // The deadline: every meeting ends with controller_draining, then its connections close.
+    let ended: usize = [S0, S1]
+        .into_iter()
+        .map(|s| {
+            h.command(s, |core, now| {
+                core.end_all(EndReason::ControllerDraining, now)
+            })
+        })
+        .sum();
+    assert_eq!(ended, 2);
+    for (c, _) in &members {
+        let got = h.take_received(*c);
+        assert_eq!(
+            got.last(),
+            Some(&ServerMessage::MeetingEnded {
+                reason: EndReason::ControllerDraining
+            }),
+            "meeting_ended is the last message: {got:?}"
+        );
+        assert_eq!(h.closed(*c), None, "closed only after the grace");
+    }
+    h.expect(pending, "capacity_exceeded", is_error(ErrorCode::CapacityExceeded));
+    h.advance(Duration::from_millis(100));
+    for (c, _) in &members {
+        assert_eq!(h.closed(*c), app_close(close_code::NORMAL));
+    }
+    assert_eq!(h.closed(pending), app_close(close_code::CAPACITY));
+    // The control thread hears of each meeting once, from its shard.
+    let mut events = h.events().to_vec();
+    events.sort_by_key(|(s, _)| s.0);
+    assert_eq!(
+        events,
+        vec![
+            (
+                S0,
+                ShardEvent::MeetingEnded {
+                    meeting_id: m0.clone(),
+                    reason: "controller_draining"
+                }
+            ),
+            (
+                S1,
+                ShardEvent::MeetingEnded {
+                    meeting_id: m1.clone(),
+                    reason: "controller_draining"
+                }
+            ),
+        ]
+    );
+    // Shutdown: no new connection gets in.
+    h.shutdown(S0);
+    h.shutdown(S1);
+    let refused_before = h.endpoint(S0).stats().datagrams_dropped;
+    let late = h.start_connect(S0);
+    assert!(!h.client_conn(late).is_established());
+    assert!(h.endpoint(S0).stats().datagrams_dropped > refused_before);
+}

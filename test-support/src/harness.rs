@@ -370,6 +370,22 @@ impl Harness {
 
     /// Like [`Harness::connect`], with transport options.
     pub fn connect_with(&mut self, home: ShardId, opts: ClientOptions) -> ClientId {
+        let id = self.start_connect_with(home, opts);
+        let c = &self.clients[id.0];
+        assert!(
+            c.conn.is_established(),
+            "handshake did not complete: {:?}",
+            c.conn.peer_error()
+        );
+        id
+    }
+
+    /// Starts a client's handshake and drives, without requiring that it completes.
+    pub fn start_connect(&mut self, home: ShardId) -> ClientId {
+        self.start_connect_with(home, ClientOptions::default())
+    }
+
+    fn start_connect_with(&mut self, home: ShardId, opts: ClientOptions) -> ClientId {
         assert!(home.0 < self.cfg.shards, "no shard {home}");
         let n = self.clients.len();
         let addr = SocketAddr::new(
@@ -403,12 +419,6 @@ impl Harness {
         });
         self.by_addr.insert(addr, n);
         self.drive();
-        let c = &self.clients[n];
-        assert!(
-            c.conn.is_established(),
-            "handshake did not complete: {:?}",
-            c.conn.peer_error()
-        );
         ClientId(n)
     }
 

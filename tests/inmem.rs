@@ -616,3 +616,308 @@ fn drain_refuses_new_joins_keeps_meetings_then_ends_them_in_order() {
     assert!(!h.client_conn(late).is_established());
     assert!(h.endpoint(S0).stats().datagrams_dropped > refused_before);
 }
+
+// ----------------------------------------------------------------------------------------
+// Tokens, protocol violations, host actions, panics
+// ----------------------------------------------------------------------------------------
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[test]
+fn every_token_failure_is_unauthorized_and_closes() {
+    use mc::core::token::{MintClaims, TokenSigner};
+    let mut h = Harness::new(2);
+    let now = h.now().unix_ms / 1000;
+    let foreign = TokenSigner::from_seed(&[9; 32], mc::dev::DEV_KID);
+    let mint = |s: &TokenSigner, meeting: &str, iat: u64, exp: u64| {
+        s.mint(&MintClaims {
+            sub: "u".into(),
+            meeting_id: meeting.into(),
+            role: Role::Participant,
+            iat,
+            exp,
+            jti: None,
+        })
+    };
+    let claims = |ty: &str| {
+        format!(
+            r#"{{"sub":"u","token_type":"{ty}","meeting_id":"m1","role":"host","iat":{now},"exp":{}}}"#,
+            now + 600
+        )
+    };
+    let signer = h.signer();
+    let cases = vec![
+        ("expired", mint(signer, "m1", now - 7200, now - 3600)),
+        ("wrong meeting", mint(signer, "other", now, now + 600)),
+        ("issued in the future", mint(signer, "m1", now + 3600, now + 7200)),
+        ("foreign key, same kid", mint(&foreign, "m1", now, now + 600)),
+        ("garbage", "not-a-jwt".to_owned()),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","kid":"dev-1"}"#),
+                b64(&claims("meeting"))
+            ),
+        ),
+        (
+            "wrong token_type",
+            signer.sign_raw(r#"{"alg":"EdDSA","kid":"dev-1"}"#, &claims("session")),
+        ),
+        (
+            "unknown kid",
+            signer.sign_raw(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims("meeting")),
+        ),
+    ];
+    for (i, (what, token)) in cases.into_iter().enumerate() {
+        let c = h.connect(ShardId((i % 2) as u16));
+        h.send(
+            c,
+            &ClientMessage::Join {
+                meeting_id: "m1".into(),
+                token,
+                display_name: "x".into(),
+                request_id: None,
+                resume: None,
+            },
+        );
+        let err = h.expect(c, what, is_error(ErrorCode::Unauthorized));
+        if let ServerMessage::Error { message, .. } = err {
+            assert!(
+                !message.to_lowercase().contains("expired") && !message.contains("kid"),
+                "{what}: the message leaks the reason: {message}"
+            );
+        }
+        h.advance(Duration::from_millis(100));
+        assert_eq!(h.closed(c), app_close(close_code::UNAUTHORIZED), "{what}");
+    }
+    let unauthorized: u64 = [S0, S1]
+        .iter()
+        .map(|s| h.endpoint(*s).core().stats().joins["unauthorized"])
+        .sum();
+    assert_eq!(unauthorized, 8);
+    // A good token still works afterwards.
+    let ok = h.connect(S1);
+    h.join(ok, "m1", Role::Participant, "fine");
+}
+
+#[test]
+fn protocol_violations_are_answered_and_closed() {
+    let mut h = Harness::new(2);
+    let closes_with_invalid_request = |h: &mut Harness, home: ShardId, bytes: &[u8], what: &str| {
+        let c = h.connect(home);
+        h.send_raw(c, bytes);
+        h.expect(c, what, is_error(ErrorCode::InvalidRequest));
+        h.advance(Duration::from_millis(100));
+        assert_eq!(h.closed(c), app_close(close_code::PROTOCOL), "{what}");
+    };
+    let ping = mc::core::codec::encode(&ClientMessage::Ping { id: 1 });
+    closes_with_invalid_request(&mut h, S0, &ping, "first message not a join");
+    closes_with_invalid_request(&mut h, S1, &70_000u32.to_be_bytes(), "length above 65536");
+    closes_with_invalid_request(&mut h, S0, &0u32.to_be_bytes(), "zero length");
+    let bad_join = mc::core::codec::encode(&ClientMessage::Join {
+        meeting_id: "bad id!".into(),
+        token: "x".into(),
+        display_name: "n".into(),
+        request_id: None,
+        resume: None,
+    });
+    closes_with_invalid_request(&mut h, S1, &bad_join, "malformed meeting id");
+
+    // After a join, malformed JSON, unknown types and invalid UTF-8 are answered and the
+    // connection stays.
+    let c = h.connect(S0);
+    h.join(c, "m2", Role::Participant, "n");
+    let frame = |body: &[u8]| {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    for (what, body) in [
+        ("bad json", &b"{not json"[..]),
+        ("unknown type", &br#"{"type":"teleport","to":"mars"}"#[..]),
+        ("invalid utf-8", &[0xff, 0xfe][..]),
+    ] {
+        h.send_raw(c, &frame(body));
+        h.expect(c, what, is_error(ErrorCode::InvalidRequest));
+    }
+    h.send(c, &ClientMessage::Ping { id: 42 });
+    h.expect(c, "pong", |m| matches!(m, ServerMessage::Pong { id: 42 }));
+    assert_eq!(h.closed(c), None);
+
+    // A join dripped one byte at a time (through the other shard) and two frames in one write.
+    let c = h.connect(S1);
+    let join = mc::core::codec::encode(&ClientMessage::Join {
+        meeting_id: "m3".into(),
+        token: h.token("m3", Role::Participant, "u"),
+        display_name: "drip".into(),
+        request_id: Some("r-1".into()),
+        resume: None,
+    });
+    for b in join.iter() {
+        h.send_raw(c, std::slice::from_ref(b));
+    }
+    let jr = h.expect(c, "join_response", |m| {
+        matches!(m, ServerMessage::JoinResponse { .. })
+    });
+    assert!(
+        matches!(jr, ServerMessage::JoinResponse { request_id: Some(ref r), .. } if r == "r-1")
+    );
+    let mut two = mc::core::codec::encode(&ClientMessage::Ping { id: 1 }).to_vec();
+    two.extend_from_slice(&mc::core::codec::encode(&ClientMessage::Ping { id: 2 }));
+    h.send_raw(c, &two);
+    h.expect(c, "pong 1", |m| matches!(m, ServerMessage::Pong { id: 1 }));
+    h.expect(c, "pong 2", |m| matches!(m, ServerMessage::Pong { id: 2 }));
+}
+
+#[test]
+fn host_actions_leave_and_kick() {
+    let mut h = Harness::new(2);
+    let room = "room";
+    let host = h.connect(S0);
+    let host_id = participant_id(&h.join(host, room, Role::Host, "host"));
+    let a = h.connect(S1);
+    let a_id = participant_id(&h.join(a, room, Role::Participant, "a"));
+    let b = h.connect(S0);
+    let b_id = participant_id(&h.join(b, room, Role::Participant, "b"));
+
+    // A participant may not use host actions.
+    for msg in [
+        ClientMessage::Kick {
+            participant_id: b_id.clone(),
+        },
+        ClientMessage::EndMeeting {},
+        ClientMessage::HostMute {
+            participant_id: host_id.clone(),
+            audio: true,
+            video: true,
+        },
+    ] {
+        h.send(a, &msg);
+        h.expect(a, "forbidden", is_error(ErrorCode::Forbidden));
+    }
+    // Host mute reaches everyone, the target included.
+    h.send(
+        host,
+        &ClientMessage::HostMute {
+            participant_id: a_id.clone(),
+            audio: true,
+            video: false,
+        },
+    );
+    for c in [host, a, b] {
+        h.expect(c, "mute_update", |m| {
+            matches!(m, ServerMessage::MuteUpdate { participant_id, audio_host_muted: true, audio_muted: true, .. } if *participant_id == a_id)
+        });
+    }
+    h.send(
+        host,
+        &ClientMessage::Kick {
+            participant_id: "p0-ffff".into(),
+        },
+    );
+    h.expect(host, "not_found", is_error(ErrorCode::NotFound));
+    // A direct message reaches only its recipient.
+    h.send(
+        host,
+        &ClientMessage::Message {
+            payload: serde_json::json!("psst"),
+            to: Some(vec![b_id.clone()]),
+        },
+    );
+    h.expect(b, "direct message", |m| {
+        matches!(m, ServerMessage::Message { from, .. } if *from == host_id)
+    });
+    assert_eq!(count(&h, a, is_message), 0, "a must not see b's direct message");
+    // Kick b: b gets meeting_ended{kicked} and a clean close, the others participant_left.
+    h.send(
+        host,
+        &ClientMessage::Kick {
+            participant_id: b_id.clone(),
+        },
+    );
+    h.expect(b, "meeting_ended kicked", |m| {
+        matches!(m, ServerMessage::MeetingEnded { reason: EndReason::Kicked })
+    });
+    h.expect(a, "participant_left kicked", |m| {
+        matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Kicked } if *participant_id == b_id)
+    });
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.closed(b), app_close(close_code::NORMAL));
+    // a leaves voluntarily.
+    h.send(a, &ClientMessage::Leave {});
+    h.expect(host, "participant_left voluntary", |m| {
+        matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Voluntary } if *participant_id == a_id)
+    });
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.closed(a), app_close(close_code::NORMAL));
+    // The host ends the meeting for everyone; the control thread hears of it once.
+    let c = h.connect(S1);
+    h.join(c, room, Role::Participant, "c");
+    h.send(host, &ClientMessage::EndMeeting {});
+    for cl in [host, c] {
+        h.expect(cl, "meeting_ended", |m| {
+            matches!(m, ServerMessage::MeetingEnded { reason: EndReason::EndedByHost })
+        });
+    }
+    h.advance(Duration::from_millis(100));
+    for cl in [host, c] {
+        assert_eq!(h.closed(cl), app_close(close_code::NORMAL));
+    }
+    assert_eq!(
+        h.events(),
+        &[(
+            h.shard_for(room),
+            ShardEvent::MeetingEnded {
+                meeting_id: room.into(),
+                reason: "ended_by_host"
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_panicking_meeting_leaves_others_served() {
+    let mut cfg = HarnessConfig::new(2);
+    cfg.core.test_hooks = true;
+    let mut h = Harness::with_config(cfg);
+    let doomed = h.meeting_on(S0, "doomed");
+    let fine = h.meeting_on(S0, "fine");
+    let victim = h.connect(S0);
+    h.join(victim, &doomed, Role::Participant, "v");
+    let bystander = h.connect(S1);
+    h.join(bystander, &doomed, Role::Participant, "b");
+    let other = h.connect(S1);
+    h.join(other, &fine, Role::Participant, "o");
+    let other2 = h.connect(S0);
+    h.join(other2, &fine, Role::Participant, "o2");
+    h.send(
+        victim,
+        &ClientMessage::Message {
+            payload: serde_json::json!(mc::core::shard::TEST_PANIC_PAYLOAD),
+            to: None,
+        },
+    );
+    for c in [victim, bystander] {
+        h.expect(c, "internal error", is_error(ErrorCode::Internal));
+    }
+    h.advance(Duration::from_millis(100));
+    for c in [victim, bystander] {
+        assert_eq!(h.closed(c), app_close(close_code::INTERNAL));
+    }
+    h.send(
+        other,
+        &ClientMessage::Message {
+            payload: serde_json::json!("still here"),
+            to: None,
+        },
+    );
+    h.expect(other2, "message in the other meeting", is_message);
+    // A new join to the failed meeting starts it afresh.
+    let again = h.connect(S1);
+    h.join(again, &doomed, Role::Participant, "v");
+    assert_eq!(h.endpoint(S0).core().stats().panics["meeting"], 1);
+}

@@ -228,7 +228,11 @@ fn a_join_on_the_wrong_shard_is_handed_off_and_served_by_the_owner() {
     // Served by the owner in both directions.
     for i in 0..20 {
         h.send(b, &ClientMessage::Ping { id: i });
-        h.expect(b, "pong", |m| matches!(m, ServerMessage::Pong { id } if *id == i));
+        h.expect(
+            b,
+            "pong",
+            |m| matches!(m, ServerMessage::Pong { id } if *id == i),
+        );
     }
     h.send(
         b,
@@ -237,9 +241,11 @@ fn a_join_on_the_wrong_shard_is_handed_off_and_served_by_the_owner() {
             to: None,
         },
     );
-    h.expect(a, "b's message", |m| {
-        matches!(m, ServerMessage::Message { from, .. } if *from == b_id)
-    });
+    h.expect(
+        a,
+        "b's message",
+        |m| matches!(m, ServerMessage::Message { from, .. } if *from == b_id),
+    );
     h.send(
         a,
         &ClientMessage::Message {
@@ -247,14 +253,20 @@ fn a_join_on_the_wrong_shard_is_handed_off_and_served_by_the_owner() {
             to: Some(vec![b_id.clone()]),
         },
     );
-    h.expect(b, "a's message", |m| {
-        matches!(m, ServerMessage::Message { from, .. } if *from == a_id)
-    });
+    h.expect(
+        b,
+        "a's message",
+        |m| matches!(m, ServerMessage::Message { from, .. } if *from == a_id),
+    );
     // With steering, the client moved to CIDs naming shard 1: forwarding has stopped.
     let forwarded = h.endpoint(S0).stats().datagrams_forwarded;
     for i in 100..110 {
         h.send(b, &ClientMessage::Ping { id: i });
-        h.expect(b, "pong", |m| matches!(m, ServerMessage::Pong { id } if *id == i));
+        h.expect(
+            b,
+            "pong",
+            |m| matches!(m, ServerMessage::Pong { id } if *id == i),
+        );
     }
     assert_eq!(h.endpoint(S0).stats().datagrams_forwarded, forwarded);
 }
@@ -270,7 +282,11 @@ fn without_steering_a_handed_off_connection_is_served_through_forwarding() {
     let before = h.endpoint(S0).stats().datagrams_forwarded;
     for i in 0..10 {
         h.send(b, &ClientMessage::Ping { id: i });
-        h.expect(b, "pong", |m| matches!(m, ServerMessage::Pong { id } if *id == i));
+        h.expect(
+            b,
+            "pong",
+            |m| matches!(m, ServerMessage::Pong { id } if *id == i),
+        );
     }
     let after = h.endpoint(S0).stats().datagrams_forwarded;
     assert!(
@@ -383,9 +399,11 @@ fn resume_on_the_other_shard_keeps_the_participant_without_churn() {
                 to: None,
             },
         );
-        h.expect(r, "host's message", |m| {
-            matches!(m, ServerMessage::Message { from, .. } if *from == host_id)
-        });
+        h.expect(
+            r,
+            "host's message",
+            |m| matches!(m, ServerMessage::Message { from, .. } if *from == host_id),
+        );
         h.send(
             r,
             &ClientMessage::Message {
@@ -394,9 +412,11 @@ fn resume_on_the_other_shard_keeps_the_participant_without_churn() {
             },
         );
         for w in [host, peer] {
-            h.expect(w, "b's message", |m| {
-                matches!(m, ServerMessage::Message { from, .. } if *from == b_id)
-            });
+            h.expect(
+                w,
+                "b's message",
+                |m| matches!(m, ServerMessage::Message { from, .. } if *from == b_id),
+            );
         }
         current = r;
     }
@@ -442,9 +462,11 @@ fn resume_on_the_other_shard_keeps_the_participant_without_churn() {
             to: Some(vec![b_id.clone()]),
         },
     );
-    h.expect(current, "message after the refusals", |m| {
-        matches!(m, ServerMessage::Message { from, .. } if *from == host_id)
-    });
+    h.expect(
+        current,
+        "message after the refusals",
+        |m| matches!(m, ServerMessage::Message { from, .. } if *from == host_id),
+    );
     assert_eq!(h.closed(current), None);
     assert_eq!(churn_about(&h, host, &b_id), vec![]);
 }
@@ -483,7 +505,11 @@ fn a_slow_consumer_is_disconnected_and_the_meeting_carries_on() {
     h.expect(good, "participant_left connection_lost", |m| {
         matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::ConnectionLost } if *participant_id == slow_id)
     });
-    assert_eq!(count(&h, good, is_message), total, "the good reader lost nothing");
+    assert_eq!(
+        count(&h, good, is_message),
+        total,
+        "the good reader lost nothing"
+    );
     let owner = h.shard_for(meeting);
     let stats = h.endpoint(owner).core().stats();
     assert_eq!(stats.slow_consumers, 1);
@@ -513,7 +539,11 @@ fn a_connection_without_a_join_is_closed_at_the_join_timeout() {
     assert!(h.received(partial).is_empty());
     h.advance(Duration::from_millis(200));
     // The partial stream gets its error, then the close after a short grace.
-    h.expect(partial, "invalid_request", is_error(ErrorCode::InvalidRequest));
+    h.expect(
+        partial,
+        "invalid_request",
+        is_error(ErrorCode::InvalidRequest),
+    );
     h.advance(Duration::from_millis(100));
     assert_eq!(h.closed(partial), app_close(close_code::PROTOCOL));
     // The idle connection has no stream to answer on: it is closed at the close deadline.
@@ -521,7 +551,11 @@ fn a_connection_without_a_join_is_closed_at_the_join_timeout() {
     assert_eq!(h.closed(idle), app_close(close_code::PROTOCOL));
     let joins = |s: ShardId| h.endpoint(s).core().stats().joins["timeout"];
     assert_eq!(joins(S0) + joins(S1), 2);
-    assert_eq!(h.closed(joined), None, "a joined connection is not affected");
+    assert_eq!(
+        h.closed(joined),
+        None,
+        "a joined connection is not affected"
+    );
 }
 
 #[test]
@@ -532,7 +566,10 @@ fn drain_refuses_new_joins_keeps_meetings_then_ends_them_in_order() {
     let mut members = Vec::new();
     for (i, m) in [&m0, &m0, &m1, &m1].into_iter().enumerate() {
         let c = h.connect(ShardId((i % 2) as u16));
-        members.push((c, participant_id(&h.join(c, m, Role::Participant, &format!("u{i}")))));
+        members.push((
+            c,
+            participant_id(&h.join(c, m, Role::Participant, &format!("u{i}"))),
+        ));
     }
     for s in [S0, S1] {
         h.command(s, |core, _| core.set_draining(true));
@@ -542,7 +579,11 @@ fn drain_refuses_new_joins_keeps_meetings_then_ends_them_in_order() {
         let c = h.connect(home);
         let join = h.join_message(m, Role::Participant, "late");
         h.send(c, &join);
-        h.expect(c, "capacity_exceeded", is_error(ErrorCode::CapacityExceeded));
+        h.expect(
+            c,
+            "capacity_exceeded",
+            is_error(ErrorCode::CapacityExceeded),
+        );
         h.advance(Duration::from_millis(100));
         assert_eq!(h.closed(c), app_close(close_code::CAPACITY));
     }
@@ -580,7 +621,11 @@ fn drain_refuses_new_joins_keeps_meetings_then_ends_them_in_order() {
         );
         assert_eq!(h.closed(*c), None, "closed only after the grace");
     }
-    h.expect(pending, "capacity_exceeded", is_error(ErrorCode::CapacityExceeded));
+    h.expect(
+        pending,
+        "capacity_exceeded",
+        is_error(ErrorCode::CapacityExceeded),
+    );
     h.advance(Duration::from_millis(100));
     for (c, _) in &members {
         assert_eq!(h.closed(*c), app_close(close_code::NORMAL));
@@ -652,8 +697,14 @@ fn every_token_failure_is_unauthorized_and_closes() {
     let cases = vec![
         ("expired", mint(signer, "m1", now - 7200, now - 3600)),
         ("wrong meeting", mint(signer, "other", now, now + 600)),
-        ("issued in the future", mint(signer, "m1", now + 3600, now + 7200)),
-        ("foreign key, same kid", mint(&foreign, "m1", now, now + 600)),
+        (
+            "issued in the future",
+            mint(signer, "m1", now + 3600, now + 7200),
+        ),
+        (
+            "foreign key, same kid",
+            mint(&foreign, "m1", now, now + 600),
+        ),
         ("garbage", "not-a-jwt".to_owned()),
         (
             "alg none",
@@ -828,10 +879,16 @@ fn host_actions_leave_and_kick() {
             to: Some(vec![b_id.clone()]),
         },
     );
-    h.expect(b, "direct message", |m| {
-        matches!(m, ServerMessage::Message { from, .. } if *from == host_id)
-    });
-    assert_eq!(count(&h, a, is_message), 0, "a must not see b's direct message");
+    h.expect(
+        b,
+        "direct message",
+        |m| matches!(m, ServerMessage::Message { from, .. } if *from == host_id),
+    );
+    assert_eq!(
+        count(&h, a, is_message),
+        0,
+        "a must not see b's direct message"
+    );
     // Kick b: b gets meeting_ended{kicked} and a clean close, the others participant_left.
     h.send(
         host,
@@ -840,7 +897,12 @@ fn host_actions_leave_and_kick() {
         },
     );
     h.expect(b, "meeting_ended kicked", |m| {
-        matches!(m, ServerMessage::MeetingEnded { reason: EndReason::Kicked })
+        matches!(
+            m,
+            ServerMessage::MeetingEnded {
+                reason: EndReason::Kicked
+            }
+        )
     });
     h.expect(a, "participant_left kicked", |m| {
         matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Kicked } if *participant_id == b_id)
@@ -860,7 +922,12 @@ fn host_actions_leave_and_kick() {
     h.send(host, &ClientMessage::EndMeeting {});
     for cl in [host, c] {
         h.expect(cl, "meeting_ended", |m| {
-            matches!(m, ServerMessage::MeetingEnded { reason: EndReason::EndedByHost })
+            matches!(
+                m,
+                ServerMessage::MeetingEnded {
+                    reason: EndReason::EndedByHost
+                }
+            )
         });
     }
     h.advance(Duration::from_millis(100));

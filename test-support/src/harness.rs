@@ -286,10 +286,12 @@ impl Harness {
                     Ok((n, _info)) => {
                         let data = self.buf[..n].to_vec();
                         let shard = match self.cfg.steering {
-                            Steering::ByCid => quiche::Header::from_slice(&mut self.buf[..n], CID_LEN)
-                                .ok()
-                                .and_then(|h| shard_of_cid(&h.dcid, self.cfg.shards))
-                                .unwrap_or(c.home),
+                            Steering::ByCid => {
+                                quiche::Header::from_slice(&mut self.buf[..n], CID_LEN)
+                                    .ok()
+                                    .and_then(|h| shard_of_cid(&h.dcid, self.cfg.shards))
+                                    .unwrap_or(c.home)
+                            }
                             Steering::Off => c.home,
                         };
                         self.inbound[usize::from(shard.0)].push((data, c.addr));
@@ -397,7 +399,13 @@ impl Harness {
         scid[8..].copy_from_slice(b"mc-inmem");
         let scid = quiche::ConnectionId::from_ref(&scid);
         let conn = if opts.stream_window == ClientOptions::default().stream_window {
-            quiche::connect(Some("localhost"), &scid, addr, SERVER_ADDR, &mut self.client_cfg)
+            quiche::connect(
+                Some("localhost"),
+                &scid,
+                addr,
+                SERVER_ADDR,
+                &mut self.client_cfg,
+            )
         } else {
             quiche::connect(
                 Some("localhost"),
@@ -468,7 +476,10 @@ impl Harness {
 
     /// Finishes the client's signaling stream and drives.
     pub fn finish_stream(&mut self, id: ClientId) {
-        let _ = self.client(id).conn.stream_send(SIGNALING_STREAM, b"", true);
+        let _ = self
+            .client(id)
+            .conn
+            .stream_send(SIGNALING_STREAM, b"", true);
         self.drive();
     }
 
@@ -679,8 +690,7 @@ pub fn participant_id(m: &ServerMessage) -> String {
 
 fn client_config(opts: ClientOptions) -> quiche::Config {
     let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("quiche config");
-    cfg.set_application_protos(&[ALPN_MC])
-        .expect("valid ALPN");
+    cfg.set_application_protos(&[ALPN_MC]).expect("valid ALPN");
     cfg.verify_peer(false);
     // No idle timeout: quiche's idle timer runs on the real clock.
     cfg.set_max_idle_timeout(0);

@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 /// `EX_USAGE`: the exit code of a bad flag, environment variable or config file.
 pub const EXIT_USAGE: i32 = 64;
+/// Default of `--max-queue-delay` (see docs/performance.md, "Overload").
+pub const DEFAULT_MAX_QUEUE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A configuration error: printed as one line, exit code 64.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,11 @@ pub struct ServeArgs {
     /// for wake-up latency; for dedicated cores) [default: 0s].
     #[arg(long, env = "MC_SPIN_BEFORE_PARK")]
     pub spin_before_park: Option<String>,
+    /// Overload shedding: datagrams that waited longer than this in a shard's UDP receive
+    /// queue are dropped unread, so latency stays bounded past the knee; 0 to never drop
+    /// [default: 50ms].
+    #[arg(long, env = "MC_MAX_QUEUE_DELAY")]
+    pub max_queue_delay: Option<String>,
     /// TLS certificate chain (PEM).
     #[arg(long, env = "MC_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -260,6 +267,7 @@ struct FileConfig {
     cpus: Option<String>,
     io_memory: Option<toml::Value>,
     spin_before_park: Option<String>,
+    max_queue_delay: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     jwks: Option<PathBuf>,
@@ -324,6 +332,8 @@ pub struct Config {
     pub io_memory: usize,
     /// How long an idle shard polls before it sleeps (zero = sleep at once).
     pub spin_before_park: Duration,
+    /// Datagrams older than this in a shard's receive queue are dropped unread (zero: never).
+    pub max_queue_delay: Duration,
     /// TLS certificate (None only with `dev`, filled in by the dev setup).
     pub tls_cert: Option<PathBuf>,
     /// TLS key.
@@ -614,6 +624,14 @@ impl Config {
                 Duration::ZERO,
                 Duration::ZERO,
                 Duration::from_millis(10),
+            )?,
+            max_queue_delay: Resolver::duration(
+                "max-queue-delay",
+                args.max_queue_delay,
+                file.max_queue_delay,
+                DEFAULT_MAX_QUEUE_DELAY,
+                Duration::ZERO,
+                Duration::from_secs(10),
             )?,
             tls_cert: pick(args.tls_cert, file.tls_cert),
             tls_key: pick(args.tls_key, file.tls_key),

@@ -443,6 +443,19 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             vec!["--spin-before-park", "out of range"],
         ),
         (
+            "queue delay longer than 10 s",
+            vec![
+                "serve",
+                "--dev",
+                "--dev-dir",
+                dev_dir,
+                "--max-queue-delay",
+                "11s",
+            ],
+            vec![],
+            vec!["--max-queue-delay", "out of range"],
+        ),
+        (
             "CPU outside the affinity mask",
             vec!["serve", "--dev", "--dev-dir", dev_dir, "--cpus", &cpu],
             vec![],

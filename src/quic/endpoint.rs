@@ -185,17 +185,21 @@ pub enum DatagramDrop {
     AcceptFailed,
     /// Larger than a receive slot; the kernel truncated it.
     Oversized,
+    /// Waited in the socket's receive queue longer than `--max-queue-delay` (shed unread
+    /// under overload).
+    QueueDelay,
 }
 
 impl DatagramDrop {
     /// Every reason, in index order.
-    pub const ALL: [DatagramDrop; 6] = [
+    pub const ALL: [DatagramDrop; 7] = [
         DatagramDrop::Unparseable,
         DatagramDrop::TooShort,
         DatagramDrop::UnknownConnection,
         DatagramDrop::Stopping,
         DatagramDrop::AcceptFailed,
         DatagramDrop::Oversized,
+        DatagramDrop::QueueDelay,
     ];
 
     /// The `reason` label.
@@ -207,6 +211,7 @@ impl DatagramDrop {
             DatagramDrop::Stopping => "stopping",
             DatagramDrop::AcceptFailed => "accept_failed",
             DatagramDrop::Oversized => "oversized",
+            DatagramDrop::QueueDelay => "queue_delay",
         }
     }
 }

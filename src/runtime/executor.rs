@@ -45,6 +45,9 @@ pub struct ShardParts {
     pub peer_tx: Vec<Option<SharedSender<PeerMsg>>>,
     /// Receivers from every other shard.
     pub peer_rx: Vec<SharedReceiver<PeerMsg>>,
+    /// Datagrams that waited longer than this in the socket's receive queue are dropped
+    /// unprocessed (zero: never).
+    pub max_queue_delay: Duration,
 }
 
 type Peers = Rc<Vec<Option<ConnectedSender<PeerMsg>>>>;
@@ -107,24 +110,33 @@ fn read_turn(
     from: SocketAddr,
     local: SocketAddr,
     started: Instant,
+    max_queue_delay: Duration,
 ) -> usize {
     let mut now = clock();
     let mut h = host.borrow_mut();
     h.endpoint_mut().handle_datagram(first, from, local, now);
     let mut handled = 1;
     let mut rx = wire.receiver.borrow_mut();
+    let delay_ns = u64::try_from(max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
     while handled < TURN_DATAGRAMS {
-        let got = match rx.recv(wire.socket.as_raw_fd()) {
+        // Datagrams the kernel stamped before this instant waited too long: skip them.
+        let stale_before = if delay_ns == 0 {
+            0
+        } else {
+            now.unix_ms
+                .saturating_mul(1_000_000)
+                .saturating_sub(delay_ns)
+                .max(1)
+        };
+        let got = match rx.recv(wire.socket.as_raw_fd(), stale_before) {
             Ok(got) => got,
             Err(e) => {
                 tracing::debug!(error = %e, "recvmmsg failed");
                 break;
             }
         };
-        if got.truncated > 0 {
-            h.count_oversized(got.truncated);
-        }
-        if got.count == 0 {
+        h.count_unread(got.truncated, got.stale);
+        if got.read == 0 {
             break;
         }
         now = clock();
@@ -134,8 +146,8 @@ fn read_turn(
                 ep.handle_datagram(buf, from, local, now);
             }
         }
-        handled += got.count;
-        if got.count < RECV_BATCH || now.mono.saturating_duration_since(started) >= TURN_BUDGET {
+        handled += got.read;
+        if got.read < RECV_BATCH || now.mono.saturating_duration_since(started) >= TURN_BUDGET {
             break;
         }
     }
@@ -150,6 +162,7 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
         local,
         peer_tx,
         peer_rx,
+        max_queue_delay,
     } = parts;
     // SAFETY: the fd is a bound, non-blocking UDP socket we own.
     let wire = Rc::new(Wire {
@@ -159,6 +172,11 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
     });
     let mut host = host;
     let fd = wire.socket.as_raw_fd();
+    if !max_queue_delay.is_zero() {
+        if let Err(e) = udp::enable_arrival_timestamps(fd) {
+            tracing::warn!(shard = %shard, error = %e, "SO_TIMESTAMPNS unavailable: --max-queue-delay is not enforced");
+        }
+    }
     host.set_kernel_drops_probe(Box::new(move || udp::receive_drops(fd)));
     let host: Host = Rc::new(RefCell::new(host));
     // Connect both directions concurrently: a sender's connect waits for its receiver. The
@@ -220,7 +238,15 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
                 match wire.socket.recv_from(&mut buf).await {
                     Ok((n, from)) => {
                         let started = Instant::now();
-                        let handled = read_turn(&host, &wire, &mut buf[..n], from, local, started);
+                        let handled = read_turn(
+                            &host,
+                            &wire,
+                            &mut buf[..n],
+                            from,
+                            local,
+                            started,
+                            max_queue_delay,
+                        );
                         flush(&host, &wire, &peers).await;
                         let done = Instant::now();
                         host.borrow_mut()

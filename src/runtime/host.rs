@@ -124,12 +124,15 @@ impl ShardHost {
         self.lat.meeting.record_n(took, delta, done);
     }
 
-    /// Counts datagrams the kernel truncated because they exceed the receive slot.
-    pub fn count_oversized(&mut self, n: usize) {
-        *self
-            .drops
-            .entry(("connection", "oversized_datagram"))
-            .or_default() += n as u64;
+    /// Counts datagrams read from the socket but not handed to the endpoint: `oversized` ones
+    /// the kernel truncated, `stale` ones that queued longer than `--max-queue-delay`.
+    pub fn count_unread(&mut self, oversized: usize, stale: usize) {
+        for _ in 0..oversized {
+            self.ep.count_drop(DatagramDrop::Oversized);
+        }
+        for _ in 0..stale {
+            self.ep.count_drop(DatagramDrop::QueueDelay);
+        }
     }
 
     /// A message from another shard.

@@ -148,6 +148,9 @@ pub const RECV_BATCH: usize = 64;
 /// we advertise `max_udp_payload_size` 1350 and Initials are padded to about 1200-1500 bytes.
 pub const RECV_SLOT: usize = 2048;
 
+/// Ancillary bytes per slot: room for one `SCM_TIMESTAMPNS` (a `timespec`).
+const CMSG_SPACE: usize = 64;
+
 /// What one [`Receiver::recv`] call read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
@@ -155,12 +158,75 @@ pub struct Received {
     pub count: usize,
     /// Datagrams the kernel truncated (larger than [`RECV_SLOT`]); they are not in the slots.
     pub truncated: usize,
+    /// Datagrams that waited in the socket's queue longer than allowed, skipped unprocessed.
+    pub stale: usize,
+    /// Datagrams read from the socket by this call (`count + truncated + stale`, plus any
+    /// with an unreadable source address).
+    pub read: usize,
+}
+
+/// Asks the kernel to stamp every datagram of `fd` with its arrival time (`SO_TIMESTAMPNS`,
+/// wall clock), which [`Receiver::recv`] uses to skip datagrams that queued too long.
+pub fn enable_arrival_timestamps(fd: RawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid pointer to an int of the stated length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The wall clock in nanoseconds since the epoch (the clock of `SO_TIMESTAMPNS`).
+pub fn wall_clock_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    timespec_ns(&ts)
+}
+
+fn timespec_ns(ts: &libc::timespec) -> u64 {
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// The arrival time the kernel attached to a received message, if any.
+fn arrival_ns(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: `h` was filled by recvmmsg; its control buffer and length are valid, and the
+    // CMSG_* macros stay within `msg_controllen`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return Some(timespec_ns(&ts));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// Batched non-blocking receives: one `recvmmsg(2)` reads up to [`RECV_BATCH`] datagrams into
 /// slots allocated once per shard.
 pub struct Receiver {
     bufs: Box<[[u8; RECV_SLOT]; RECV_BATCH]>,
+    /// Ancillary data per slot, u64-aligned as `cmsghdr` requires.
+    ctrl: Box<[[u64; CMSG_SPACE / 8]; RECV_BATCH]>,
     addrs: Box<[libc::sockaddr_storage; RECV_BATCH]>,
     iovs: Box<[libc::iovec; RECV_BATCH]>,
     hdrs: Box<[libc::mmsghdr; RECV_BATCH]>,
@@ -174,6 +240,7 @@ impl Default for Receiver {
         unsafe {
             Self {
                 bufs: Box::new(zeroed()),
+                ctrl: Box::new(zeroed()),
                 addrs: Box::new(zeroed()),
                 iovs: Box::new(zeroed()),
                 hdrs: Box::new(zeroed()),
@@ -209,10 +276,13 @@ fn socket_addr(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Sock
 
 impl Receiver {
     /// Reads what the non-blocking UDP socket `fd` holds, up to [`RECV_BATCH`] datagrams,
-    /// without waiting. `Ok` with a count of 0 means the socket is empty.
-    pub fn recv(&mut self, fd: RawFd) -> std::io::Result<Received> {
+    /// without waiting. `Ok` with `read` 0 means the socket is empty. Datagrams stamped
+    /// (see [`enable_arrival_timestamps`]) before `stale_before_ns` (wall clock, ns; 0 keeps
+    /// all) are skipped and counted as stale.
+    pub fn recv(&mut self, fd: RawFd, stale_before_ns: u64) -> std::io::Result<Received> {
         let Self {
             bufs,
+            ctrl,
             addrs,
             iovs,
             hdrs,
@@ -230,13 +300,15 @@ impl Receiver {
             h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut iovs[k];
             h.msg_iovlen = 1;
+            h.msg_control = ctrl[k].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_SPACE as _;
             hdrs[k] = libc::mmsghdr {
                 msg_hdr: h,
                 msg_len: 0,
             };
         }
         let ret = loop {
-            // SAFETY: `hdrs` point into `addrs`, `iovs` and `bufs`, all owned by `self`, alive
+            // SAFETY: `hdrs` point into `addrs`, `iovs`, `ctrl` and `bufs`, all owned by `self`, alive
             // and not otherwise borrowed during the call; the kernel writes at most
             // `iov_len`/`msg_namelen` bytes into each.
             let ret = unsafe {
@@ -257,16 +329,22 @@ impl Receiver {
                     return Ok(Received {
                         count: 0,
                         truncated: 0,
+                        stale: 0,
+                        read: 0,
                     })
                 }
                 std::io::ErrorKind::Interrupted => continue,
                 _ => return Err(err),
             }
         };
-        let mut truncated = 0;
+        let (mut truncated, mut stale) = (0, 0);
         for (k, h) in hdrs.iter().enumerate().take(ret) {
             if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
                 truncated += 1;
+                continue;
+            }
+            if stale_before_ns > 0 && arrival_ns(&h.msg_hdr).is_some_and(|t| t < stale_before_ns) {
+                stale += 1;
                 continue;
             }
             match socket_addr(&addrs[k], h.msg_hdr.msg_namelen) {
@@ -277,6 +355,8 @@ impl Receiver {
         Ok(Received {
             count: got.len(),
             truncated,
+            stale,
+            read: ret,
         })
     }
 
@@ -387,7 +467,7 @@ mod tests {
                 "only {} arrived",
                 seen.len()
             );
-            let got = r.recv(rx.as_raw_fd()).unwrap();
+            let got = r.recv(rx.as_raw_fd(), 0).unwrap();
             assert!(got.count <= RECV_BATCH);
             truncated += got.truncated;
             for i in 0..got.count {
@@ -401,9 +481,48 @@ mod tests {
             let want = if i % 2 == 0 { &a } else { &b };
             assert_eq!(*from, want.local_addr().unwrap());
         }
-        let empty = r.recv(rx.as_raw_fd()).unwrap();
-        assert_eq!((empty.count, empty.truncated), (0, 0));
+        let empty = r.recv(rx.as_raw_fd(), 0).unwrap();
+        assert_eq!((empty.count, empty.truncated, empty.read), (0, 0, 0));
         assert!(r.datagram(0).is_none());
+    }
+
+    #[test]
+    fn receiver_skips_datagrams_that_queued_longer_than_allowed() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        enable_arrival_timestamps(rx.as_raw_fd()).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        tx.send_to(b"old", to).unwrap();
+        // Everything stamped before this instant is stale; the kernel's stamp of "old" is
+        // earlier than any later reading of the same clock.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let cutoff = wall_clock_ns();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        tx.send_to(b"new", to).unwrap();
+        let mut r = Receiver::default();
+        let (mut seen, mut stale) = (Vec::new(), 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.len() + stale < 2 {
+            assert!(std::time::Instant::now() < deadline);
+            let got = r.recv(rx.as_raw_fd(), cutoff).unwrap();
+            stale += got.stale;
+            for i in 0..got.count {
+                seen.push(r.datagram(i).unwrap().0.to_vec());
+            }
+        }
+        assert_eq!(stale, 1);
+        assert_eq!(seen, vec![b"new".to_vec()]);
+        // Without a cutoff nothing is stale.
+        tx.send_to(b"again", to).unwrap();
+        let got = loop {
+            let got = r.recv(rx.as_raw_fd(), 0).unwrap();
+            if got.read > 0 {
+                break got;
+            }
+            assert!(std::time::Instant::now() < deadline);
+        };
+        assert_eq!((got.count, got.stale), (1, 0));
     }
 
     #[test]

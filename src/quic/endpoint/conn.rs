@@ -1,0 +1,376 @@
+//! Per-connection I/O: quiche ↔ streams ↔ core, frames out, close sequencing, timers and the
+//! once-per-turn flush.
+
+use super::*;
+
+impl Endpoint {
+    pub(super) fn recv(
+        &mut self,
+        id: ConnId,
+        buf: &mut [u8],
+        from: SocketAddr,
+        to: SocketAddr,
+        now: Now,
+    ) {
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Err(err) = e.conn.recv(buf, quiche::RecvInfo { from, to }) {
+            if err != quiche::Error::Done {
+                tracing::debug!(shard = %self.cfg.shard, conn = %id, error = %err, "recv failed");
+            }
+        }
+        self.after_io(id, now);
+    }
+
+    /// Reads streams, feeds the core, writes frames; marks the connection for sending.
+    pub(super) fn after_io(&mut self, id: ConnId, t: Now) {
+        self.dirty.insert(id);
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !e.opened && (e.conn.is_established() || e.conn.is_in_early_data()) {
+            e.opened = true;
+            self.handshaking = self.handshaking.saturating_sub(1);
+            self.stats.handshakes += 1;
+            if e.conn.application_proto() == ALPN_H3 {
+                let h3 = H3Server::new(H3Config {
+                    allowed_origins: self.cfg.allowed_origins.clone(),
+                    ..H3Config::default()
+                });
+                e.app = App::Wt(Box::new(WtApp {
+                    h3,
+                    session: None,
+                    stream: None,
+                    pending: VecDeque::new(),
+                    requested: None,
+                }));
+            }
+            self.core.handle_connection_opened(id, t);
+        }
+        self.read_streams(id, t);
+        self.drive_core(t);
+    }
+
+    pub(super) fn read_streams(&mut self, id: ConnId, t: Now) {
+        // The buffer is lent out for the call (and put back), so it is not zeroed each time.
+        let mut buf = self
+            .read_buf
+            .take()
+            .unwrap_or_else(|| Box::new([0u8; READ_BUF]));
+        self.read_streams_into(id, t, &mut buf[..]);
+        self.read_buf = Some(buf);
+    }
+
+    pub(super) fn read_streams_into(&mut self, id: ConnId, t: Now, buf: &mut [u8]) {
+        loop {
+            let Some(e) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if !e.opened {
+                return;
+            }
+            let Some(sid) = e.conn.stream_readable_next() else {
+                break;
+            };
+            loop {
+                let Some(e) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                let (n, fin) = match e.conn.stream_recv(sid, buf) {
+                    Ok(v) => v,
+                    Err(quiche::Error::StreamReset(_)) => {
+                        if let App::Wt(wt) = &mut e.app {
+                            if let Err(err) = wt.h3.on_stream_reset(sid) {
+                                let _ = e.conn.close(true, err.code.0, err.reason.as_bytes());
+                            }
+                            self.drain_h3(id, t);
+                        }
+                        break;
+                    }
+                    Err(_) => break,
+                };
+                match &mut e.app {
+                    App::Native { stream } => {
+                        let ours = match stream {
+                            None if sid % 4 == 0 => {
+                                *stream = Some(sid);
+                                true
+                            }
+                            Some(s) => *s == sid,
+                            None => false,
+                        };
+                        if ours {
+                            self.core.handle_stream_data(id, &buf[..n], t);
+                            if fin {
+                                // The client finished its signaling stream: treat as close.
+                                self.close_conn(id, 0, b"stream finished");
+                            }
+                        } else {
+                            let _ = e.conn.stream_shutdown(sid, quiche::Shutdown::Read, 0x101);
+                        }
+                    }
+                    App::Wt(wt) => {
+                        if let Err(err) = wt.h3.on_stream_data(sid, &buf[..n], fin) {
+                            let _ = e.conn.close(true, err.code.0, err.reason.as_bytes());
+                            break;
+                        }
+                        self.drain_h3(id, t);
+                    }
+                }
+                if n == 0 || fin {
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(super) fn close_conn(&mut self, id: ConnId, code: u64, reason: &[u8]) {
+        if let Some(e) = self.conns.get_mut(&id) {
+            let _ = e.conn.close(true, code, reason);
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Runs queued core work, applies its actions and writes its frames.
+    pub(super) fn drive_core(&mut self, t: Now) {
+        self.core.process_all(t);
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::Close { conn, code, reason } => {
+                    if let Some(e) = self.conns.get_mut(&conn) {
+                        if e.closing.is_none() {
+                            e.closing = Some(Closing {
+                                code,
+                                reason,
+                                fin_sent: false,
+                                close_after: None,
+                                hard_deadline: t.mono + Duration::from_secs(2),
+                            });
+                            self.closing.insert(conn);
+                            self.dirty.insert(conn);
+                        }
+                    }
+                }
+                Action::Handoff { conn, to, join } => self.hand_off(conn, to, *join, t),
+                Action::Notify(ev) => self.out.events.push(ev),
+            }
+        }
+        while let Some(conn) = self.core.poll_writable() {
+            self.write_frames(conn, t);
+            self.dirty.insert(conn);
+        }
+    }
+
+    pub(super) fn write_frames(&mut self, id: ConnId, t: Now) {
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let sid = match &e.app {
+            App::Native { stream } => *stream,
+            App::Wt(wt) => wt.stream,
+        };
+        let Some(sid) = sid else {
+            return;
+        };
+        loop {
+            let (frame, off) = match e.partial.take() {
+                Some(p) => p,
+                None => match self.core.pop_frame(id) {
+                    Some(f) => (f, 0),
+                    None => break,
+                },
+            };
+            match e.conn.stream_send(sid, &frame[off..], false) {
+                Ok(n) if off + n == frame.len() => {}
+                Ok(n) => {
+                    e.partial = Some((frame, off + n));
+                    break;
+                }
+                Err(quiche::Error::Done) => {
+                    e.partial = Some((frame, off));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(c) = &mut e.closing {
+            if !c.fin_sent
+                && e.partial.is_none()
+                && self.core.queued_frames(id) == 0
+                && e.conn.stream_send(sid, b"", true).is_ok()
+            {
+                {
+                    c.fin_sent = true;
+                    let rtt = e
+                        .conn
+                        .path_stats()
+                        .next()
+                        .map_or(Duration::from_millis(100), |p| p.rtt);
+                    let grace = (rtt * 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                    c.close_after = Some(t.mono + grace);
+                }
+            }
+        }
+    }
+
+    /// Fires due connection and core timers and sweeps keep-alives at `t`.
+    pub fn handle_timeout(&mut self, t: Now) {
+        while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
+            if at > t.mono {
+                break;
+            }
+            self.timers.pop();
+            if let Some(e) = self.conns.get_mut(&id) {
+                // Entries that are not the armed one are stale: skip them.
+                if e.deadline == Some(at) {
+                    e.deadline = None;
+                    match e.conn.timeout_instant() {
+                        Some(d) if d <= t.mono => {
+                            e.conn.on_timeout();
+                            self.dirty.insert(id);
+                        }
+                        Some(d) => {
+                            e.deadline = Some(d);
+                            self.timers.push(std::cmp::Reverse((d, id)));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        self.core.handle_timeout(t);
+        let closing: Vec<ConnId> = self.closing.iter().copied().collect();
+        for id in closing {
+            let Some(e) = self.conns.get_mut(&id) else {
+                self.closing.remove(&id);
+                continue;
+            };
+            let Some(c) = &e.closing else { continue };
+            let due = c.close_after.is_some_and(|a| t.mono >= a) || t.mono >= c.hard_deadline;
+            if due && !e.conn.is_closed() && !e.conn.is_draining() {
+                let _ = e.conn.close(true, c.code, c.reason.as_bytes());
+                self.closing.remove(&id);
+                self.dirty.insert(id);
+            } else if !c.fin_sent {
+                self.write_frames(id, t);
+                self.dirty.insert(id);
+            }
+        }
+        let sweep_every = if self.cfg.keep_alive.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (self.cfg.keep_alive / 2).min(Duration::from_secs(1))
+        };
+        if t.mono.saturating_duration_since(self.last_sweep) >= sweep_every {
+            self.last_sweep = t.mono;
+            self.sweep(t.mono);
+        }
+        self.drive_core(t);
+    }
+
+    pub(super) fn sweep(&mut self, now: Instant) {
+        self.moved.retain(|_, (_, exp)| *exp > now);
+        if self.cfg.keep_alive.is_zero() {
+            return;
+        }
+        for (id, e) in &mut self.conns {
+            if e.opened && now.saturating_duration_since(e.last_send) >= self.cfg.keep_alive {
+                let _ = e.conn.send_ack_eliciting();
+                self.dirty.insert(*id);
+            }
+        }
+    }
+
+    /// Generates packets for every connection touched since the last call and reaps closed ones.
+    /// Each connection is flushed once however many datagrams touched it, so quiche packs
+    /// every frame queued since the last flush into as few packets as it can.
+    pub fn flush(&mut self, t: Now) {
+        let mut batch = std::mem::take(&mut self.flushing);
+        while !self.dirty.is_empty() {
+            batch.extend(self.dirty.drain());
+            for id in batch.drain(..) {
+                self.flush_one(id, t);
+            }
+        }
+        self.flushing = batch;
+    }
+
+    pub(super) fn flush_one(&mut self, id: ConnId, t: Now) {
+        // Frames may be waiting for flow-control credit that just arrived.
+        if self.core.queued_frames(id) > 0
+            || self.conns.get(&id).is_some_and(|e| e.partial.is_some())
+        {
+            self.write_frames(id, t);
+        }
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|e| matches!(e.app, App::Wt(_)))
+        {
+            self.drain_h3(id, t);
+        }
+        let Some(e) = self.conns.get_mut(&id) else {
+            return;
+        };
+        loop {
+            let conn = &mut e.conn;
+            match self.out.packets.push_with(MAX_DATAGRAM, |buf| {
+                conn.send(buf).map(|(len, info)| (len, info.to))
+            }) {
+                Ok(_) => {
+                    e.last_send = t.mono;
+                }
+                Err(quiche::Error::Done) => break,
+                Err(err) => {
+                    tracing::debug!(shard = %self.cfg.shard, conn = %id, error = %err, "send failed");
+                    let _ = e.conn.close(false, 0x1, b"internal error");
+                    break;
+                }
+            }
+        }
+        if e.conn.is_closed() {
+            self.reap(id, t);
+            return;
+        }
+        while let Some(retired) = e.conn.retired_scid_next() {
+            let Some(retired) = CidKey::new(retired.as_ref()) else {
+                continue;
+            };
+            if self.cids.get(&retired) == Some(&id) {
+                self.cids.remove(&retired);
+            }
+            e.cids.retain(|c| *c != retired);
+        }
+        // Arm the heap only when the connection's deadline moves earlier than the entry
+        // already armed; a later deadline is found when that entry fires (on_tick re-arms).
+        // Most sends push the idle/PTO deadline later, so this keeps the heap to about one
+        // entry per connection instead of one per flush.
+        if let Some(d) = e.conn.timeout_instant() {
+            if e.deadline.is_none_or(|armed| d < armed) {
+                e.deadline = Some(d);
+                self.timers.push(std::cmp::Reverse((d, id)));
+            }
+        }
+    }
+
+    pub(super) fn reap(&mut self, id: ConnId, t: Now) {
+        if let Some(e) = self.conns.remove(&id) {
+            if !e.opened {
+                self.handshaking = self.handshaking.saturating_sub(1);
+            }
+            if let Some(err) = e.conn.peer_error() {
+                tracing::debug!(shard = %self.cfg.shard, conn = %id, code = err.error_code, "peer closed");
+            }
+            for cid in &e.cids {
+                // A client-chosen CID may have been reused by another connection since.
+                if self.cids.get(cid) == Some(&id) {
+                    self.cids.remove(cid);
+                }
+            }
+        }
+        self.closing.remove(&id);
+        self.core.handle_connection_closed(id, t);
+        self.drive_core(t);
+    }
+}

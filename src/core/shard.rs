@@ -1133,7 +1133,10 @@ impl Shard {
         }
         self.finish_join(conn, &meeting_id, &pid, role, request_id, now);
         self.count_join("ok");
-        tracing::info!(shard = %self.cfg.shard, meeting = %meeting_id, participant = %pid, "joined");
+        // Per-participant events are debug: at thousands of joins per second an info line each
+        // (formatted and written on the shard thread) costs more than the join's own logic.
+        // Meeting-level events (created, ended) stay at info; rates are in the metrics.
+        tracing::debug!(shard = %self.cfg.shard, meeting = %meeting_id, participant = %pid, "joined");
         self.broadcast(
             &meeting_id,
             Some(&pid),
@@ -1401,7 +1404,7 @@ impl Shard {
             return;
         };
         let empty = m.is_empty();
-        tracing::info!(shard = %self.cfg.shard, meeting = %mid, participant = %pid, ?reason, "left");
+        tracing::debug!(shard = %self.cfg.shard, meeting = %mid, participant = %pid, ?reason, "left");
         if let Some(c) = p.conn.and_then(|c| self.conns.get_mut(&c)) {
             if let ConnState::Joined { .. } = c.state {
                 c.state = ConnState::Closing;

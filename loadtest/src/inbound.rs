@@ -9,6 +9,8 @@
 use mc::core::codec::{self, FrameDecoder, FrameError, HEADER_LEN};
 use mc::core::protocol::ServerMessage;
 
+use crate::payload::{self, Delivery};
+
 /// Longest oversized frame still read through.
 pub const HARD_LIMIT: usize = 16 << 20;
 
@@ -21,6 +23,23 @@ pub struct Anomalies {
     pub undecodable: u64,
     /// A framing error that ends the connection (zero length, or over [`HARD_LIMIT`]).
     pub fatal: Option<&'static str>,
+}
+
+/// One frame read: a delivery of the generator's own payload (scanned without decoding), or
+/// any other server message (decoded by the codec).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A `message` carrying `t`, `s` and `from`.
+    Delivery(Delivery),
+    /// Anything else.
+    Message(ServerMessage),
+}
+
+fn decode(body: &[u8]) -> Option<Item> {
+    if let Some(d) = payload::parse_delivery(body) {
+        return Some(Item::Delivery(d));
+    }
+    codec::decode::<ServerMessage>(body).ok().map(Item::Message)
 }
 
 /// The frame reader of one connection.
@@ -38,7 +57,7 @@ impl Inbound {
     }
 
     /// Feeds stream bytes; decoded messages are appended to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<ServerMessage>) -> Anomalies {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Anomalies {
         let mut found = Anomalies::default();
         let mut pending: Vec<u8>;
         let mut input: &[u8] = bytes;
@@ -50,9 +69,9 @@ impl Inbound {
                 if body.len() < *len {
                     return found;
                 }
-                match codec::decode::<ServerMessage>(body) {
-                    Ok(m) => out.push(m),
-                    Err(_) => found.undecodable += 1,
+                match decode(body) {
+                    Some(m) => out.push(m),
+                    None => found.undecodable += 1,
                 }
                 self.oversized = None;
             }
@@ -60,9 +79,9 @@ impl Inbound {
             loop {
                 match self.decoder.next_frame() {
                     Ok(None) => return found,
-                    Ok(Some(body)) => match codec::decode::<ServerMessage>(body) {
-                        Ok(m) => out.push(m),
-                        Err(_) => found.undecodable += 1,
+                    Ok(Some(body)) => match decode(body) {
+                        Some(m) => out.push(m),
+                        None => found.undecodable += 1,
                     },
                     Err(FrameError::Empty) => {
                         found.fatal = Some("bad_frame:empty_frame");
@@ -116,9 +135,9 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                ServerMessage::Pong { id: 1 },
-                ServerMessage::Pong { id: 2 },
-                ServerMessage::Pong { id: 3 }
+                Item::Message(ServerMessage::Pong { id: 1 }),
+                Item::Message(ServerMessage::Pong { id: 2 }),
+                Item::Message(ServerMessage::Pong { id: 3 })
             ]
         );
     }
@@ -143,9 +162,38 @@ mod tests {
             }
             assert_eq!(total.oversized, 1, "chunks of {chunk_size}");
             assert_eq!(out.len(), 3, "chunks of {chunk_size}");
-            assert_eq!(out[1], big);
-            assert_eq!(out[2], ServerMessage::Pong { id: 2 });
+            assert_eq!(out[1], Item::Message(big.clone()));
+            assert_eq!(out[2], Item::Message(ServerMessage::Pong { id: 2 }));
         }
+    }
+
+    #[test]
+    fn deliveries_take_the_fast_path_and_the_rest_the_codec() {
+        let delivery = codec::encode_server(&ServerMessage::Message {
+            from: "p1".into(),
+            payload: serde_json::json!({"t": 5, "s": 6, "from": 7, "pad": "xx"}),
+        });
+        let foreign = ServerMessage::Message {
+            from: "p2".into(),
+            payload: serde_json::json!({"hello": "world"}),
+        };
+        let mut bytes = delivery.to_vec();
+        bytes.extend_from_slice(&codec::encode_server(&foreign));
+        bytes.extend(pong(9));
+        let mut out = Vec::new();
+        assert_eq!(Inbound::new().feed(&bytes, &mut out), Anomalies::default());
+        assert_eq!(
+            out,
+            vec![
+                Item::Delivery(Delivery {
+                    t: 5,
+                    seq: 6,
+                    from: 7
+                }),
+                Item::Message(foreign),
+                Item::Message(ServerMessage::Pong { id: 9 }),
+            ]
+        );
     }
 
     #[test]

@@ -5,10 +5,12 @@
 mod accounting;
 mod cli;
 mod clock;
+mod cpu;
 mod inbound;
 mod kernel;
 mod limits;
 mod metrics;
+mod payload;
 mod plan;
 mod plot;
 mod report;
@@ -16,6 +18,7 @@ mod run;
 mod stats;
 mod timer;
 mod transport;
+mod udp;
 mod worker;
 
 use std::process::ExitCode;

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::accounting::Tally;
 use crate::cli::{Scenario, Settings};
+use crate::cpu::{ThreadUse, SATURATED};
 use crate::kernel::UdpDrops;
 use crate::metrics::ServerFigures;
 use crate::stats::{Counters, ErrorCounts, Latencies, Percentiles};
@@ -73,6 +74,105 @@ impl ServerReport {
     }
 }
 
+/// The generator's own CPU over the measured window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GeneratorReport {
+    /// Process CPU seconds (all threads) between the window's start and end.
+    pub cpu_seconds_window: Option<f64>,
+    /// Deliveries received between the same two readings.
+    pub deliveries_window: u64,
+    /// Each worker thread's CPU over the window (`None` when it did not see the window end).
+    pub threads: Vec<Option<ThreadUse>>,
+}
+
+impl GeneratorReport {
+    /// From `(process CPU, deliveries so far, when)` at the window's start and end.
+    pub fn new(
+        start: Option<(std::time::Duration, u64, std::time::Instant)>,
+        end: Option<(std::time::Duration, u64, std::time::Instant)>,
+        threads: Vec<Option<ThreadUse>>,
+    ) -> Self {
+        match (start, end) {
+            (Some((c0, d0, _)), Some((c1, d1, _))) => Self {
+                cpu_seconds_window: Some(c1.saturating_sub(c0).as_secs_f64()),
+                deliveries_window: d1.saturating_sub(d0),
+                threads,
+            },
+            _ => Self {
+                threads,
+                ..Self::default()
+            },
+        }
+    }
+
+    /// Generator CPU seconds per million deliveries over the window.
+    pub fn cpu_per_million(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds_window?;
+        (self.deliveries_window > 0).then(|| cpu / (self.deliveries_window as f64 / 1e6))
+    }
+
+    /// The busiest worker's share of the window, if any worker measured it.
+    pub fn busiest(&self) -> Option<(usize, f64)> {
+        self.threads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.map(|u| (i, u.busy())))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Worker threads above [`SATURATED`] and their busy shares.
+    pub fn saturated(&self) -> Vec<(usize, f64)> {
+        self.threads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.map(|u| (i, u.busy())))
+            .filter(|&(_, b)| b > SATURATED)
+            .collect()
+    }
+
+    /// The warning printed when a worker was saturated.
+    pub fn warning(&self) -> Option<String> {
+        let hot = self.saturated();
+        if hot.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = hot
+            .iter()
+            .map(|(i, b)| format!("thread {i} {:.0}%", b * 100.0))
+            .collect();
+        Some(format!(
+            "generator CPU-bound ({} busy, above {:.0}%): these figures are the load generator's \
+             limit, not mc's; add --threads or CPUs for the generator, or lower the load",
+            list.join(", "),
+            SATURATED * 100.0
+        ))
+    }
+
+    fn to_json(&self) -> Value {
+        let threads: Vec<Value> = self
+            .threads
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                json!({
+                    "thread": i,
+                    "cpu_seconds": u.map(|u| u.cpu_seconds),
+                    "busy_fraction": u.map(|u| u.busy()),
+                })
+            })
+            .collect();
+        json!({
+            "cpu_seconds_window": self.cpu_seconds_window,
+            "deliveries_window": self.deliveries_window,
+            "cpu_seconds_per_million_deliveries": self.cpu_per_million(),
+            "busy_fraction": self.busiest().map(|(_, b)| b),
+            "threads": threads,
+            "saturated": !self.saturated().is_empty(),
+            "warning": self.warning(),
+        })
+    }
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -94,6 +194,8 @@ pub struct Report {
     pub server: Option<ServerReport>,
     /// Kernel UDP drops during the run.
     pub kernel: UdpDrops,
+    /// The generator's own CPU.
+    pub generator: GeneratorReport,
 }
 
 fn pct_json(p: &Percentiles) -> Value {
@@ -203,6 +305,7 @@ impl Report {
                 "shards": sv.shards,
                 "scrape_errors": sv.scrape_errors,
             })),
+            "generator": self.generator.to_json(),
         })
     }
 
@@ -363,6 +466,25 @@ impl Report {
                     let _ = writeln!(t, "             {} scrapes failed", sv.scrape_errors);
                 }
             }
+        }
+        let g = &self.generator;
+        if let Some(cpu) = g.cpu_seconds_window {
+            let per = g.cpu_per_million().map_or_else(String::new, |p| {
+                format!(": {p:.2} s per million deliveries")
+            });
+            let busy: Vec<String> = g
+                .threads
+                .iter()
+                .map(|u| u.map_or_else(|| "-".to_owned(), |u| format!("{:.0}%", u.busy() * 100.0)))
+                .collect();
+            let _ = writeln!(
+                t,
+                "generator    CPU {cpu:.2} s in window (whole process){per}; worker busy {}",
+                busy.join(" ")
+            );
+        }
+        if let Some(w) = g.warning() {
+            let _ = writeln!(t, "\n!!! WARNING: {w}");
         }
         t
     }

@@ -13,10 +13,11 @@ use mc::core::token::TokenSigner;
 use crate::accounting::{tally, ReceiverLog, SenderLedger};
 use crate::cli::{KeySource, Settings, UsageError};
 use crate::clock::Clock;
+use crate::cpu::{self, ThreadUse};
 use crate::kernel::UdpDrops;
 use crate::metrics::{HttpUrl, ServerFigures};
 use crate::plan::Plan;
-use crate::report::{Report, ServerReport};
+use crate::report::{GeneratorReport, Report, ServerReport};
 use crate::stats::{add_errors, Counters, ErrorCounts, Latencies, Percentiles, Tick};
 use crate::worker::{self, Shared, WorkerInput, WorkerOutput};
 
@@ -183,16 +184,17 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
     let mut end_scrape: Option<(ServerFigures, u64)> = None;
     let mut window_started = false;
     let mut window_ended = false;
+    // The generator's own CPU: process CPU time and deliveries at the window's edges, and each
+    // worker's share of the last second (from its ticks, one per second).
+    let mut gen_start: Option<(Duration, u64, Instant)> = None;
+    let mut gen_end: Option<(Duration, u64, Instant)> = None;
+    let mut busy = vec![0.0f64; threads];
     loop {
         match tick_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(t) => {
-                live.add(&t.latencies);
-                let i = t.thread;
-                last[i] = Some(t);
+                take_tick(t, &mut last, &mut live, &mut busy);
                 while let Ok(t) = tick_rx.try_recv() {
-                    live.add(&t.latencies);
-                    let i = t.thread;
-                    last[i] = Some(t);
+                    take_tick(t, &mut last, &mut live, &mut busy);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -206,6 +208,11 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         }
         if !window_started && now >= t0 + tl.window_start {
             window_started = true;
+            gen_start = Some((
+                cpu::process_cpu(),
+                shared.delivered.load(Ordering::Relaxed),
+                Instant::now(),
+            ));
             if let Some(u) = &metrics_url {
                 window_scrape =
                     scrape_or_count(u, &mut scrape_errors, settings.quiet, "at the window start")
@@ -214,6 +221,11 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         }
         if !window_ended && now >= t0 + tl.steady_end {
             window_ended = true;
+            gen_end = Some((
+                cpu::process_cpu(),
+                shared.delivered.load(Ordering::Relaxed),
+                Instant::now(),
+            ));
             if let Some(u) = &metrics_url {
                 end_scrape =
                     scrape_or_count(u, &mut scrape_errors, settings.quiet, "at the window end")
@@ -242,7 +254,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
                         &prev,
                         &live,
                         &errors,
-                        &mailbox
+                        &format!("mailbox {mailbox}  {}", generator_busy(&busy)),
                     )
                 );
             }
@@ -278,6 +290,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
     let mut errors = ErrorCounts::new();
     let mut ledgers: Vec<SenderLedger> = Vec::new();
     let mut receivers: Vec<ReceiverLog> = Vec::new();
+    let thread_use: Vec<Option<ThreadUse>> = outputs.iter().map(|o| o.cpu).collect();
     for o in outputs {
         latencies.add(&o.window);
         counters.add(&o.counters);
@@ -341,6 +354,7 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         errors,
         server,
         kernel,
+        generator: GeneratorReport::new(gen_start, gen_end, thread_use),
     })
 }
 
@@ -356,6 +370,27 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// Keeps a worker's latest tick; its CPU time since the previous one (a second earlier) is its
+/// busy share.
+fn take_tick(t: Tick, last: &mut [Option<Tick>], live: &mut Latencies, busy: &mut [f64]) {
+    live.add(&t.latencies);
+    let i = t.thread;
+    let before = last[i].as_ref().map_or(Duration::ZERO, |p| p.cpu);
+    busy[i] = t.cpu.saturating_sub(before).as_secs_f64();
+    last[i] = Some(t);
+}
+
+/// The busiest worker's CPU share of the last second, flagged above [`cpu::SATURATED`].
+fn generator_busy(busy: &[f64]) -> String {
+    let gen = busy.iter().copied().fold(0.0f64, f64::max);
+    let flag = if gen > cpu::SATURATED {
+        " GENERATOR SATURATED"
+    } else {
+        ""
+    };
+    format!("gen cpu {:>3.0}%{flag}", gen * 100.0)
+}
+
 fn progress_line(
     elapsed: Duration,
     tl: &crate::plan::Timeline,
@@ -363,7 +398,7 @@ fn progress_line(
     prev: &Counters,
     live: &Latencies,
     errors: &ErrorCounts,
-    mailbox: &str,
+    tail: &str,
 ) -> String {
     let phase = if elapsed < tl.steady_start {
         "ramp"
@@ -379,7 +414,7 @@ fn progress_line(
     let errs: u64 = errors.values().sum();
     format!(
         "[{:>4}s {phase:<7}] joined {:>6}  sent {:>7}/s  delivered {:>8}/s  joins {:>5}/s  \
-         delivery p99 {:>8.3} ms max {:>8.3} ms  join p99 {:>8.3} ms  gaps {}  errors {}  mailbox {}",
+         delivery p99 {:>8.3} ms max {:>8.3} ms  join p99 {:>8.3} ms  gaps {}  errors {}  {}",
         elapsed.as_secs(),
         total.joined_now,
         total.sent.saturating_sub(prev.sent),
@@ -390,6 +425,6 @@ fn progress_line(
         j.p99 as f64 / 1000.0,
         total.gaps,
         errs,
-        mailbox,
+        tail,
     )
 }

@@ -133,6 +133,8 @@ pub struct Tick {
     pub counters: Counters,
     /// Cumulative errors.
     pub errors: ErrorCounts,
+    /// The thread's CPU time so far.
+    pub cpu: std::time::Duration,
 }
 
 /// Summary of one distribution, in microseconds.

@@ -1,6 +1,13 @@
 //! One event-loop thread: many simulated participants, each a quiche client connection on a
-//! non-blocking UDP socket, driven by mio readiness and one min-heap of deadlines (connects,
-//! scheduled sends, leaves, quiche timers).
+//! non-blocking UDP socket (shared by `--conns-per-socket` connections), driven by mio readiness
+//! and one min-heap of deadlines (connects, scheduled sends, leaves, quiche timers).
+//!
+//! The hot path is batched and allocation-free: datagrams come in by `recvmmsg` and are routed to
+//! their connection by the participant index inside our connection ID; every connection touched
+//! by a batch is serviced once afterwards (one read of its stream, one round of `send`, so one
+//! acknowledgement for several packets), and its datagrams leave by `sendmmsg`. Delivered
+//! payloads are scanned for their three numbers instead of being decoded (see
+//! [`crate::payload`]).
 //!
 //! Sends are open loop: a sender's `k`-th message is due at `phase + k / rate` whatever happened
 //! to the previous ones, and carries that intended time, so a stall anywhere (server, network,
@@ -10,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,16 +29,19 @@ use mc::core::token::TokenSigner;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use rand::Rng as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::accounting::{MemberKey, ReceiverLog, Recorded, SenderLedger};
 use crate::cli::{Scenario, Settings};
 use crate::clock::Clock;
-use crate::inbound::Inbound;
+use crate::cpu::{self, ThreadUse, WindowMeter};
+use crate::inbound::{Inbound, Item};
+use crate::payload::{self, Delivery};
 use crate::plan::{display_name, parse_display_name, ParticipantPlan, Timeline};
 use crate::stats::{record, Counters, ErrorCounts, Latencies, Tick};
 use crate::timer::TimerFd;
 use crate::transport::{SignalingStream, StreamContext, StreamError};
+use crate::udp::{self, Flushed, RecvBatch, SendBatch, RECV_BATCH};
 
 /// Length of the connection IDs this client chooses (packets are routed back by them).
 const SCID_LEN: usize = 16;
@@ -102,6 +113,8 @@ pub struct WorkerOutput {
     pub ledgers: Vec<SenderLedger>,
     /// Receiver logs.
     pub receivers: Vec<ReceiverLog>,
+    /// This thread's CPU use over the measured window (`None` when the run ended before it).
+    pub cpu: Option<ThreadUse>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -191,9 +204,10 @@ impl Participant {
 }
 
 struct Sock {
-    io: UdpSocket,
+    /// Owns the descriptor; datagrams go through `fd` in batches.
+    _io: UdpSocket,
+    fd: RawFd,
     local: SocketAddr,
-    conns: HashMap<[u8; SCID_LEN], usize>,
 }
 
 /// Everything but the participants and sockets, so handlers can borrow both halves.
@@ -211,7 +225,7 @@ struct Ctx {
     interval: Option<Duration>,
     churn_interval: Option<Duration>,
     token_ttl: u64,
-    pad: Option<String>,
+    pad: usize,
     heap: BinaryHeap<Reverse<(Instant, u64, Ev)>>,
     heap_seq: u64,
     dirty: Vec<usize>,
@@ -306,7 +320,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         churn_interval: (churn_per_thread > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / churn_per_thread)),
         token_ttl: total_secs,
-        pad: (settings.payload_bytes > 0).then(|| "x".repeat(settings.payload_bytes)),
+        pad: settings.payload_bytes,
         heap: BinaryHeap::new(),
         heap_seq: 0,
         dirty: Vec::new(),
@@ -370,18 +384,20 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
     }
 
     let mut bufs = Buffers {
-        input: Vec::new(),
         msgs: Vec::new(),
-        recv: vec![0u8; 65536],
-        send: vec![0u8; MAX_DATAGRAM],
+        recv: RecvBatch::new(),
+        send: SendBatch::new(MAX_DATAGRAM),
+        flushed: Flushed::default(),
         stream: vec![0u8; 65536],
         batch: Vec::new(),
     };
     let mut next_tick = t0 + Duration::from_secs(1);
     let mut closing_since: Option<Instant> = None;
+    let mut meter = WindowMeter::default();
 
     loop {
         let now = Instant::now();
+        meter.observe(now, ctx.window_start, ctx.steady_end);
         if closing_since.is_none() && ctx.shared.stop.load(Ordering::Relaxed) {
             finish(&mut ctx, &mut parts, now);
             closing_since = Some(now);
@@ -419,6 +435,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
                 latencies: std::mem::take(&mut ctx.live),
                 counters: ctx.counters,
                 errors: ctx.errors.clone(),
+                cpu: cpu::thread_cpu(),
             });
         }
 
@@ -439,7 +456,6 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
-        let now = Instant::now();
         for event in &events {
             if event.token() == TIMER_TOKEN {
                 timer.acknowledge();
@@ -447,10 +463,11 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             }
             let s = event.token().0;
             if event.is_readable() {
-                read_socket(&mut ctx, &mut parts, &mut socks, s, &mut bufs.recv);
+                drain_socket(&mut ctx, &mut parts, &mut socks, s, &mut bufs);
             }
         }
-        service_dirty(&mut ctx, &mut parts, &mut socks, &mut bufs, now);
+        // Receive times are taken once per batch, after reading it.
+        service_dirty(&mut ctx, &mut parts, &mut socks, &mut bufs, Instant::now());
     }
 
     let ledgers = parts
@@ -464,14 +481,17 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         errors: ctx.errors,
         ledgers,
         receivers: ctx.finished,
+        cpu: meter.result(),
     })
 }
 
+/// Buffers reused by every turn of the loop (nothing on the hot path allocates).
 struct Buffers {
-    input: Vec<u8>,
-    msgs: Vec<ServerMessage>,
-    recv: Vec<u8>,
-    send: Vec<u8>,
+    msgs: Vec<Item>,
+    recv: RecvBatch,
+    send: SendBatch,
+    /// What `sendmmsg` calls did since the last report into the error counts.
+    flushed: Flushed,
     stream: Vec<u8>,
     batch: Vec<usize>,
 }
@@ -637,11 +657,8 @@ fn connect(
                     ctx.counters.join_failures += 1;
                     return;
                 }
-                socks[s] = Some(Sock {
-                    io,
-                    local,
-                    conns: HashMap::new(),
-                });
+                let fd = io.as_raw_fd();
+                socks[s] = Some(Sock { _io: io, fd, local });
             }
             Err(e) => {
                 ctx.error(format!("socket_open:{}", e.kind()));
@@ -653,7 +670,11 @@ fn connect(
     let Some(sock) = socks[s].as_mut() else {
         return;
     };
-    rand::thread_rng().fill(&mut part.scid[..]);
+    // Datagrams are routed back by the participant index inside our connection ID; the random
+    // rest tells this connection from an earlier epoch's.
+    let mut random = [0u8; SCID_LEN];
+    rand::thread_rng().fill(&mut random[..]);
+    part.scid = udp::make_scid(p, &random);
     let scid = quiche::ConnectionId::from_ref(&part.scid);
     let conn = match quiche::connect(
         Some(&ctx.settings.server_name),
@@ -669,7 +690,6 @@ fn connect(
             return;
         }
     };
-    sock.conns.insert(part.scid, p);
     let meeting_id = ctx.meeting_ids[part.plan.meeting as usize].clone();
     part.stream = Some(ctx.settings.transport.open(&StreamContext {
         meeting_id,
@@ -730,15 +750,12 @@ fn send_due(ctx: &mut Ctx, part: &mut Participant, p: usize, epoch: u32, now: In
             ctx.counters.backlog_skips += 1;
             continue;
         }
-        let mut payload = json!({
-            "t": ctx.clock.unix_ns(intended),
-            "s": part.seq,
-            "from": part.plan.idx,
-        });
-        if let (Some(pad), Value::Object(map)) = (&ctx.pad, &mut payload) {
-            map.insert("pad".into(), Value::String(pad.clone()));
+        if part.out_pos == part.out.len() {
+            part.out.clear();
+            part.out_pos = 0;
         }
-        part.write(&ClientMessage::Message { payload, to: None });
+        let t = ctx.clock.unix_ns(intended);
+        payload::encode_message(&mut part.out, t, part.seq, part.plan.idx, ctx.pad);
         part.seq += 1;
         ctx.counters.sent += 1;
         if ctx.in_window(intended) {
@@ -781,52 +798,77 @@ fn close_locally(ctx: &mut Ctx, part: &mut Participant, p: usize, reason: &[u8])
     }
 }
 
+/// Reads one `recvmmsg` batch from socket `s` and hands each datagram to its connection.
 fn read_socket(
     ctx: &mut Ctx,
     parts: &mut [Participant],
     socks: &mut [Option<Sock>],
     s: usize,
-    buf: &mut [u8],
+    batch: &mut RecvBatch,
 ) {
     let Some(sock) = socks.get_mut(s).and_then(Option::as_mut) else {
         return;
     };
-    loop {
-        let n = match sock.io.recv(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // ICMP errors (e.g. the server is not listening) surface here.
-                ctx.error(format!("udp_recv:{}", e.kind()));
-                return;
-            }
+    let info = quiche::RecvInfo {
+        from: ctx.settings.server,
+        to: sock.local,
+    };
+    let n = match batch.recv(sock.fd) {
+        Ok(n) => n,
+        Err(e) => {
+            // ICMP errors (e.g. the server is not listening) surface here.
+            ctx.error(format!("udp_recv:{}", e.kind()));
+            return;
+        }
+    };
+    for i in 0..n {
+        let Some(pkt) = batch.packet(i) else {
+            ctx.error("udp_truncated");
+            continue;
         };
-        let p = if sock.conns.len() == 1 {
-            sock.conns.values().next().copied()
-        } else {
-            match quiche::Header::from_slice(&mut buf[..n], SCID_LEN) {
-                Ok(h) => <[u8; SCID_LEN]>::try_from(h.dcid.as_ref())
-                    .ok()
-                    .and_then(|d| sock.conns.get(&d).copied()),
-                Err(_) => None,
-            }
+        let Some(p) = route(parts, s, pkt) else {
+            continue;
         };
-        let Some(p) = p else { continue };
         let part = &mut parts[p];
         let Some(conn) = part.conn.as_mut() else {
             continue;
         };
-        let info = quiche::RecvInfo {
-            from: ctx.settings.server,
-            to: sock.local,
-        };
-        match conn.recv(&mut buf[..n], info) {
+        match conn.recv(pkt, info) {
             Ok(_) | Err(quiche::Error::Done) => {}
             Err(e) => ctx.error(format!("quic_recv:{e}")),
         }
         mark(ctx, part, p);
     }
+}
+
+/// Reads socket `s` until its queue is empty: one `recvmmsg` batch at a time, servicing the
+/// connections a full batch touched before reading the next (so that acknowledgements and
+/// stream data do not wait for the whole queue). A short batch means the queue was drained; a
+/// datagram arriving later raises a new readiness event.
+fn drain_socket(
+    ctx: &mut Ctx,
+    parts: &mut [Participant],
+    socks: &mut [Option<Sock>],
+    s: usize,
+    bufs: &mut Buffers,
+) {
+    loop {
+        read_socket(ctx, parts, socks, s, &mut bufs.recv);
+        if bufs.recv.len() < RECV_BATCH {
+            return;
+        }
+        service_dirty(ctx, parts, socks, bufs, Instant::now());
+    }
+}
+
+/// The participant of socket `s` a datagram is for: the index inside its destination
+/// connection ID, if that participant's current connection on this socket has exactly that ID
+/// (datagrams for an earlier epoch's connection are dropped).
+fn route(parts: &[Participant], s: usize, pkt: &[u8]) -> Option<usize> {
+    let dcid = udp::dcid(pkt, SCID_LEN)?;
+    let p = udp::scid_owner(dcid)?;
+    let part = parts.get(p)?;
+    (part.sock == s && part.conn.is_some() && part.scid[..] == *dcid).then_some(p)
 }
 
 fn service_dirty(
@@ -840,11 +882,30 @@ fn service_dirty(
         // Handlers may mark participants again; those are serviced in the next round.
         std::mem::swap(&mut bufs.batch, &mut ctx.dirty);
         let mut batch = std::mem::take(&mut bufs.batch);
+        // Participants of one socket are neighbours: in index order their datagrams queue up
+        // for one `sendmmsg` per socket.
+        batch.sort_unstable();
         for p in batch.drain(..) {
             parts[p].dirty = false;
             service(ctx, &mut parts[p], socks, bufs, p, now);
         }
         bufs.batch = batch;
+    }
+    let last = bufs.send.flush();
+    let done = std::mem::take(&mut bufs.flushed);
+    count_sends(ctx, done);
+    count_sends(ctx, last);
+}
+
+/// Error counts for datagrams that did not leave.
+fn count_sends(ctx: &mut Ctx, f: Flushed) {
+    if f.blocked > 0 {
+        // QUIC recovers a dropped datagram; count it so a saturated socket is visible.
+        *ctx.errors.entry("udp_send_blocked".to_owned()).or_default() += f.blocked as u64;
+    }
+    if f.failed > 0 {
+        let label = format!("udp_send:{}", f.error.unwrap_or(io::ErrorKind::Other));
+        *ctx.errors.entry(label).or_default() += f.failed as u64;
     }
 }
 
@@ -895,27 +956,35 @@ fn service(
 
     // Read.
     if matches!(part.phase, Phase::Joining | Phase::Joined | Phase::Leaving) {
-        bufs.input.clear();
+        let mut msgs = std::mem::take(&mut bufs.msgs);
+        let mut found = crate::inbound::Anomalies::default();
         if let (Some(conn), Some(stream)) = (part.conn.as_mut(), part.stream.as_mut()) {
-            let input = &mut bufs.input;
+            let inbound = &mut part.inbound;
             let res = stream.recv(conn, &mut bufs.stream, &mut |bytes| {
-                input.extend_from_slice(bytes)
+                // Bytes after a fatal framing error are not read.
+                if found.fatal.is_none() {
+                    let a = inbound.feed(bytes, &mut msgs);
+                    found.oversized += a.oversized;
+                    found.undecodable += a.undecodable;
+                    found.fatal = a.fatal;
+                }
             });
             match res {
                 Ok(()) | Err(StreamError::Closed) => {}
                 Err(e) => ctx.error(format!("stream_recv:{e}")),
             }
         }
-        let mut msgs = std::mem::take(&mut bufs.msgs);
-        let found = part.inbound.feed(&bufs.input, &mut msgs);
         for _ in 0..found.oversized {
             ctx.error("server_frame_over_64KiB");
         }
         for _ in 0..found.undecodable {
             ctx.error("bad_message");
         }
-        for msg in msgs.drain(..) {
-            on_message(ctx, part, p, msg, now);
+        for item in msgs.drain(..) {
+            match item {
+                Item::Delivery(d) => on_delivery(ctx, part, d, now),
+                Item::Message(msg) => on_message(ctx, part, p, msg, now),
+            }
         }
         bufs.msgs = msgs;
         if let Some(label) = found.fatal {
@@ -947,16 +1016,9 @@ fn service(
         return;
     };
     loop {
-        match conn.send(&mut bufs.send) {
-            Ok((n, _)) => match sock.io.send(&bufs.send[..n]) {
-                Ok(_) => {}
-                // QUIC recovers a dropped datagram; count it so a saturated socket is visible.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ctx.error("udp_send_blocked"),
-                Err(e) => {
-                    ctx.error(format!("udp_send:{}", e.kind()));
-                    break;
-                }
-            },
+        let slot = bufs.send.slot(sock.fd, &mut bufs.flushed);
+        match conn.send(slot) {
+            Ok((n, _)) => bufs.send.commit(n),
             Err(quiche::Error::Done) => break,
             Err(e) => {
                 ctx.error(format!("quic_send:{e}"));
@@ -967,8 +1029,6 @@ fn service(
     }
 
     if conn.is_closed() {
-        let scid = part.scid;
-        sock.conns.remove(&scid);
         on_closed(ctx, part, p, now);
         return;
     }
@@ -1042,7 +1102,16 @@ fn on_message(ctx: &mut Ctx, part: &mut Participant, p: usize, msg: ServerMessag
                 part.ledger.close(key, part.seq);
             }
         }
-        ServerMessage::Message { payload, .. } => on_delivery(ctx, part, &payload, now),
+        ServerMessage::Message { payload, .. } => {
+            // Not the generator's payload shape (the fast path took all of those).
+            let field = |k: &str| payload.get(k).and_then(Value::as_u64);
+            match (field("t"), field("s"), field("from")) {
+                (Some(t), Some(seq), Some(from)) => {
+                    on_delivery(ctx, part, Delivery { t, seq, from }, now)
+                }
+                _ => ctx.error("unparsable_payload"),
+            }
+        }
         ServerMessage::Error { code, .. } => {
             ctx.error(format!("error:{}", code.as_str()));
             if part.phase == Phase::Joining && !part.failed {
@@ -1070,12 +1139,8 @@ fn first_slot(start: Instant, iv: Duration, idx: u32, now: Instant) -> Instant {
     base + iv.mul_f64(behind.ceil())
 }
 
-fn on_delivery(ctx: &mut Ctx, part: &mut Participant, payload: &Value, now: Instant) {
-    let field = |k: &str| payload.get(k).and_then(Value::as_u64);
-    let (Some(t), Some(seq), Some(from)) = (field("t"), field("s"), field("from")) else {
-        ctx.error("unparsable_payload");
-        return;
-    };
+fn on_delivery(ctx: &mut Ctx, part: &mut Participant, d: Delivery, now: Instant) {
+    let Delivery { t, seq, from } = d;
     ctx.counters.delivered += 1;
     ctx.pending_delivered += 1;
     let us = ctx.clock.unix_ns(now).saturating_sub(t) / 1000;

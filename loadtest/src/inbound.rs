@@ -31,15 +31,17 @@ pub struct Anomalies {
 pub enum Item {
     /// A `message` carrying `t`, `s` and `from`.
     Delivery(Delivery),
-    /// Anything else.
-    Message(ServerMessage),
+    /// Anything else (boxed: deliveries, the common case, stay small to move).
+    Message(Box<ServerMessage>),
 }
 
 fn decode(body: &[u8]) -> Option<Item> {
     if let Some(d) = payload::parse_delivery(body) {
         return Some(Item::Delivery(d));
     }
-    codec::decode::<ServerMessage>(body).ok().map(Item::Message)
+    codec::decode::<ServerMessage>(body)
+        .ok()
+        .map(|m| Item::Message(Box::new(m)))
 }
 
 /// The frame reader of one connection.
@@ -135,9 +137,9 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Item::Message(ServerMessage::Pong { id: 1 }),
-                Item::Message(ServerMessage::Pong { id: 2 }),
-                Item::Message(ServerMessage::Pong { id: 3 })
+                Item::Message(Box::new(ServerMessage::Pong { id: 1 })),
+                Item::Message(Box::new(ServerMessage::Pong { id: 2 })),
+                Item::Message(Box::new(ServerMessage::Pong { id: 3 }))
             ]
         );
     }
@@ -162,8 +164,11 @@ mod tests {
             }
             assert_eq!(total.oversized, 1, "chunks of {chunk_size}");
             assert_eq!(out.len(), 3, "chunks of {chunk_size}");
-            assert_eq!(out[1], Item::Message(big.clone()));
-            assert_eq!(out[2], Item::Message(ServerMessage::Pong { id: 2 }));
+            assert_eq!(out[1], Item::Message(Box::new(big.clone())));
+            assert_eq!(
+                out[2],
+                Item::Message(Box::new(ServerMessage::Pong { id: 2 }))
+            );
         }
     }
 
@@ -190,8 +195,8 @@ mod tests {
                     seq: 6,
                     from: 7
                 }),
-                Item::Message(foreign),
-                Item::Message(ServerMessage::Pong { id: 9 }),
+                Item::Message(Box::new(foreign)),
+                Item::Message(Box::new(ServerMessage::Pong { id: 9 })),
             ]
         );
     }

@@ -88,6 +88,27 @@ pub fn parse_delivery(body: &[u8]) -> Option<Delivery> {
     }
 }
 
+/// The index of the first `"` or `\\` in `b`, eight bytes at a time.
+fn quote_or_backslash(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        if has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\'))) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|at| i + at)
+}
+
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
@@ -120,7 +141,7 @@ impl<'a> Scan<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let rest = &self.b[self.i..];
-        let end = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+        let end = quote_or_backslash(rest)?;
         if rest[end] == b'\\' {
             return None;
         }
@@ -142,7 +163,7 @@ impl<'a> Scan<'a> {
                 self.i += 1;
                 loop {
                     let rest = &self.b[self.i..];
-                    let at = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+                    let at = quote_or_backslash(rest)?;
                     if rest[at] == b'"' {
                         self.i += at + 1;
                         return Some(());
@@ -289,6 +310,26 @@ mod tests {
                 from: 3
             })
         );
+    }
+
+    #[test]
+    fn finds_quotes_and_backslashes_anywhere() {
+        for len in 0..40 {
+            for at in 0..len {
+                for c in [b'"', b'\\'] {
+                    let mut b = vec![b'x'; len];
+                    b[at] = c;
+                    if at + 3 < len {
+                        b[at + 3] = b'"';
+                    }
+                    assert_eq!(quote_or_backslash(&b), Some(at), "{len} {at}");
+                }
+            }
+            assert_eq!(quote_or_backslash(&vec![b'x'; len]), None);
+        }
+        // Bytes above 0x7f next to a match must not hide it or fake one.
+        assert_eq!(quote_or_backslash(&[0xff, 0xa2, 0xdc, 0x22, 0x80]), Some(3));
+        assert_eq!(quote_or_backslash(&[0xa2; 16]), None);
     }
 
     #[test]

@@ -489,3 +489,41 @@ impl Report {
         t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn thread(cpu: f64, wall: f64) -> Option<ThreadUse> {
+        Some(ThreadUse {
+            cpu_seconds: cpu,
+            wall_seconds: wall,
+        })
+    }
+
+    #[test]
+    fn generator_cost_and_saturation() {
+        let now = Instant::now();
+        let g = GeneratorReport::new(
+            Some((Duration::from_secs(10), 1_000_000, now)),
+            Some((Duration::from_secs(13), 3_000_000, now)),
+            vec![thread(2.85, 3.0), thread(1.5, 3.0), None],
+        );
+        assert_eq!(g.deliveries_window, 2_000_000);
+        assert!((g.cpu_per_million().unwrap() - 1.5).abs() < 1e-9);
+        assert_eq!(g.busiest().map(|(i, _)| i), Some(0));
+        assert_eq!(g.saturated().len(), 1);
+        let w = g.warning().unwrap();
+        assert!(w.contains("thread 0 95%") && w.contains("not mc's"), "{w}");
+        let j = g.to_json();
+        assert_eq!(j["saturated"], true);
+        assert_eq!(j["threads"][2]["busy_fraction"], Value::Null);
+
+        let calm = GeneratorReport::new(None, None, vec![thread(1.0, 3.0)]);
+        assert_eq!(calm.cpu_per_million(), None);
+        assert!(calm.warning().is_none());
+        assert_eq!(calm.to_json()["saturated"], false);
+    }
+}

@@ -983,7 +983,7 @@ fn service(
         for item in msgs.drain(..) {
             match item {
                 Item::Delivery(d) => on_delivery(ctx, part, d, now),
-                Item::Message(msg) => on_message(ctx, part, p, msg, now),
+                Item::Message(msg) => on_message(ctx, part, p, *msg, now),
             }
         }
         bufs.msgs = msgs;

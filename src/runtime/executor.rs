@@ -100,22 +100,24 @@ async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers) {
     }
 }
 
-/// One socket turn after `first` (already read, `n` bytes from `from`) arrived: drain the
+/// One socket turn: `first` (a datagram the awaited read returned, if any), then drain the
 /// socket without blocking within the turn's bounds, feeding every datagram to the endpoint.
-/// Returns how many datagrams the turn handled.
+/// Returns how many datagrams the turn read (0: the socket was empty).
 fn read_turn(
     host: &Host,
     wire: &Wire,
-    first: &mut [u8],
-    from: SocketAddr,
+    first: Option<(&mut [u8], SocketAddr)>,
     local: SocketAddr,
     started: Instant,
     max_queue_delay: Duration,
 ) -> usize {
     let mut now = clock();
     let mut h = host.borrow_mut();
-    h.endpoint_mut().handle_datagram(first, from, local, now);
-    let mut handled = 1;
+    let mut handled = 0;
+    if let Some((first, from)) = first {
+        h.endpoint_mut().handle_datagram(first, from, local, now);
+        handled += 1;
+    }
     let mut rx = wire.receiver.borrow_mut();
     let delay_ns = u64::try_from(max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
     while handled < TURN_DATAGRAMS {
@@ -234,31 +236,36 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
         let (host, wire, peers) = (host.clone(), wire.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             let mut buf = vec![0u8; 65536];
+            let mut first: Option<(usize, SocketAddr)> = None;
             loop {
-                match wire.socket.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        let started = Instant::now();
-                        let handled = read_turn(
-                            &host,
-                            &wire,
-                            &mut buf[..n],
-                            from,
-                            local,
-                            started,
-                            max_queue_delay,
-                        );
-                        flush(&host, &wire, &peers).await;
-                        let done = Instant::now();
-                        host.borrow_mut()
-                            .record_turn(done - started, handled as u64, done);
-                        // A busy socket must not starve the ticker (timers, control requests).
-                        glommio::yield_if_needed().await;
+                // Read without waiting while the socket has datagrams: a busy shard goes from
+                // turn to turn with `recvmmsg` alone and never parks on the ring.
+                let started = Instant::now();
+                let handled = read_turn(
+                    &host,
+                    &wire,
+                    first.take().map(|(n, from)| (&mut buf[..n], from)),
+                    local,
+                    started,
+                    max_queue_delay,
+                );
+                if handled == 0 {
+                    // Empty: sleep until the next datagram (it starts the next turn).
+                    match wire.socket.recv_from(&mut buf).await {
+                        Ok((n, from)) => first = Some((n, from)),
+                        Err(e) => {
+                            tracing::warn!(shard = %shard, error = %e, "recv_from failed");
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(shard = %shard, error = %e, "recv_from failed");
-                        glommio::timer::sleep(Duration::from_millis(1)).await;
-                    }
+                    continue;
                 }
+                flush(&host, &wire, &peers).await;
+                let done = Instant::now();
+                host.borrow_mut()
+                    .record_turn(done - started, handled as u64, done);
+                // A busy socket must not starve the ticker (timers, control requests).
+                glommio::yield_if_needed().await;
             }
         }));
     }

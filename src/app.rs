@@ -137,7 +137,11 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
         listen: cfg.listen,
         io_memory: cfg.io_memory,
         spin_before_park: cfg.spin_before_park,
-        max_queue_delay: cfg.max_queue_delay,
+        turn: crate::runtime::executor::TurnLimits {
+            max_datagrams: cfg.turn_max_datagrams,
+            budget: cfg.turn_budget,
+            max_queue_delay: cfg.max_queue_delay,
+        },
         endpoint: EndpointConfig {
             shard: ShardId(0),
             shard_count: shards as u16,

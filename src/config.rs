@@ -14,7 +14,11 @@ use serde::Deserialize;
 /// `EX_USAGE`: the exit code of a bad flag, environment variable or config file.
 pub const EXIT_USAGE: i32 = 64;
 /// Default of `--max-queue-delay` (see docs/performance.md, "Overload").
-pub const DEFAULT_MAX_QUEUE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+pub const DEFAULT_MAX_QUEUE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+/// Default of `--turn-budget` (see docs/performance.md, "Batching").
+pub const DEFAULT_TURN_BUDGET: std::time::Duration = std::time::Duration::from_millis(16);
+/// Default of `--turn-max-datagrams`.
+pub const DEFAULT_TURN_MAX_DATAGRAMS: usize = 8192;
 
 /// A configuration error: printed as one line, exit code 64.
 #[derive(Debug, thiserror::Error)]
@@ -111,143 +115,180 @@ pub enum AdminVerbArg {
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// TOML config file (see config/mc.toml).
-    #[arg(long, env = "MC_CONFIG")]
+    #[arg(help_heading = "Other", long, env = "MC_CONFIG")]
     pub config: Option<PathBuf>,
     /// Development mode: self-signed certificate, generated keys, no files needed.
-    #[arg(long, env = "MC_DEV")]
+    #[arg(help_heading = "TLS, keys and development mode", long, env = "MC_DEV")]
     pub dev: bool,
     /// Directory for development material.
-    #[arg(long, env = "MC_DEV_DIR")]
+    #[arg(
+        help_heading = "TLS, keys and development mode",
+        long,
+        env = "MC_DEV_DIR"
+    )]
     pub dev_dir: Option<PathBuf>,
     /// UDP address for QUIC and WebTransport [default: 0.0.0.0:4433].
-    #[arg(long, env = "MC_LISTEN")]
+    #[arg(help_heading = "Network", long, env = "MC_LISTEN")]
     pub listen: Option<String>,
     /// TCP address of the control HTTP server [default: 0.0.0.0:8080].
-    #[arg(long, env = "MC_CONTROL_LISTEN")]
+    #[arg(help_heading = "Network", long, env = "MC_CONTROL_LISTEN")]
     pub control_listen: Option<String>,
     /// Number of shards [default: one per usable CPU].
-    #[arg(long, env = "MC_SHARDS")]
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_SHARDS")]
     pub shards: Option<String>,
     /// CPUs to pin shards to, e.g. `0-3,6` [default: the process's affinity ∩ online CPUs].
-    #[arg(long, env = "MC_CPUS")]
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_CPUS")]
     pub cpus: Option<String>,
     /// glommio io_memory per shard executor, bytes [default: 1048576].
-    #[arg(long, env = "MC_IO_MEMORY")]
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_IO_MEMORY")]
     pub io_memory: Option<String>,
     /// How long an idle shard polls for work before it sleeps, 0 to sleep at once (trades CPU
     /// for wake-up latency; for dedicated cores) [default: 0s].
-    #[arg(long, env = "MC_SPIN_BEFORE_PARK")]
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_SPIN_BEFORE_PARK")]
     pub spin_before_park: Option<String>,
     /// Overload shedding: datagrams that waited longer than this in a shard's UDP receive
     /// queue are dropped unread, so latency stays bounded past the knee; 0 to never drop
-    /// [default: 50ms].
-    #[arg(long, env = "MC_MAX_QUEUE_DELAY")]
+    /// [default: 20ms].
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_MAX_QUEUE_DELAY")]
     pub max_queue_delay: Option<String>,
+    /// Longest a shard keeps reading its socket before it flushes: longer turns coalesce more
+    /// frames per packet under load (less CPU per delivery), at up to this much added latency
+    /// [default: 16ms].
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_TURN_BUDGET")]
+    pub turn_budget: Option<String>,
+    /// Most datagrams a shard reads before it flushes [default: 8192].
+    #[arg(help_heading = "Shards and CPUs", long, env = "MC_TURN_MAX_DATAGRAMS")]
+    pub turn_max_datagrams: Option<String>,
     /// TLS certificate chain (PEM).
-    #[arg(long, env = "MC_TLS_CERT")]
+    #[arg(
+        help_heading = "TLS, keys and development mode",
+        long,
+        env = "MC_TLS_CERT"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, env = "MC_TLS_KEY")]
+    #[arg(
+        help_heading = "TLS, keys and development mode",
+        long,
+        env = "MC_TLS_KEY"
+    )]
     pub tls_key: Option<PathBuf>,
     /// JWKS file with the Ed25519 keys meeting tokens are signed with.
-    #[arg(long, env = "MC_JWKS")]
+    #[arg(help_heading = "TLS, keys and development mode", long, env = "MC_JWKS")]
     pub jwks: Option<PathBuf>,
     /// Bound of every queue (inbox, per-connection outbound) [default: 1024].
-    #[arg(long, env = "MC_MAILBOX_SIZE")]
+    #[arg(help_heading = "Limits", long, env = "MC_MAILBOX_SIZE")]
     pub mailbox_size: Option<String>,
     /// QUIC idle timeout [default: 30s].
-    #[arg(long, env = "MC_IDLE_TIMEOUT")]
+    #[arg(help_heading = "Timeouts", long, env = "MC_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
     /// Server keep-alive (PING) interval, 0 to disable [default: 10s].
-    #[arg(long, env = "MC_KEEP_ALIVE")]
+    #[arg(help_heading = "Timeouts", long, env = "MC_KEEP_ALIVE")]
     pub keep_alive: Option<String>,
     /// Connections per shard [default: 10000].
-    #[arg(long, env = "MC_MAX_CONNECTIONS_PER_SHARD")]
+    #[arg(help_heading = "Limits", long, env = "MC_MAX_CONNECTIONS_PER_SHARD")]
     pub max_connections_per_shard: Option<String>,
     /// How long a dropped participant is kept for resume [default: 30s].
-    #[arg(long, env = "MC_RESUME_WINDOW")]
+    #[arg(help_heading = "Timeouts", long, env = "MC_RESUME_WINDOW")]
     pub resume_window: Option<String>,
     /// How long an empty meeting is kept [default: 60s].
-    #[arg(long, env = "MC_EMPTY_MEETING_TIMEOUT")]
+    #[arg(help_heading = "Timeouts", long, env = "MC_EMPTY_MEETING_TIMEOUT")]
     pub empty_meeting_timeout: Option<String>,
     /// How long a connection may go without joining [default: 10s].
-    #[arg(long, env = "MC_JOIN_TIMEOUT")]
+    #[arg(help_heading = "Timeouts", long, env = "MC_JOIN_TIMEOUT")]
     pub join_timeout: Option<String>,
     /// Accepted clock skew for token `iat` [default: 60s].
-    #[arg(long, env = "MC_CLOCK_SKEW")]
+    #[arg(help_heading = "Timeouts", long, env = "MC_CLOCK_SKEW")]
     pub clock_skew: Option<String>,
     /// Participants per meeting [default: 1000].
-    #[arg(long, env = "MC_MAX_PARTICIPANTS_PER_MEETING")]
+    #[arg(help_heading = "Limits", long, env = "MC_MAX_PARTICIPANTS_PER_MEETING")]
     pub max_participants_per_meeting: Option<String>,
     /// Meetings per controller [default: 10000].
-    #[arg(long, env = "MC_MAX_MEETINGS")]
+    #[arg(help_heading = "Limits", long, env = "MC_MAX_MEETINGS")]
     pub max_meetings: Option<String>,
     /// Participants per controller [default: 100000].
-    #[arg(long, env = "MC_MAX_PARTICIPANTS")]
+    #[arg(help_heading = "Limits", long, env = "MC_MAX_PARTICIPANTS")]
     pub max_participants: Option<String>,
     /// Drops to one participant before it is disconnected as a slow consumer [default: 64].
-    #[arg(long, env = "MC_SLOW_CONSUMER_DROPS")]
+    #[arg(help_heading = "Limits", long, env = "MC_SLOW_CONSUMER_DROPS")]
     pub slow_consumer_drops: Option<String>,
     /// Sustained messages per second per connection [default: 50].
-    #[arg(long, env = "MC_RATE_LIMIT")]
+    #[arg(help_heading = "Limits", long, env = "MC_RATE_LIMIT")]
     pub rate_limit: Option<String>,
     /// Message burst per connection [default: 100].
-    #[arg(long, env = "MC_RATE_BURST")]
+    #[arg(help_heading = "Limits", long, env = "MC_RATE_BURST")]
     pub rate_burst: Option<String>,
     /// Log format: json or text [default: json, text with --dev].
-    #[arg(long, env = "MC_LOG_FORMAT")]
+    #[arg(help_heading = "Logging", long, env = "MC_LOG_FORMAT")]
     pub log_format: Option<String>,
     /// Log filter, e.g. `info` or `mc=debug` [default: info].
-    #[arg(long, env = "MC_LOG_LEVEL")]
+    #[arg(help_heading = "Logging", long, env = "MC_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Global Controller base URL; absent = standalone.
-    #[arg(long, env = "MC_GC_URL")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_GC_URL")]
     pub gc_url: Option<String>,
     /// File with the bearer token for calls to the GC.
-    #[arg(long, env = "MC_GC_TOKEN_FILE")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_GC_TOKEN_FILE")]
     pub gc_token_file: Option<PathBuf>,
     /// File with the bearer token the GC uses to call us.
-    #[arg(long, env = "MC_GC_INBOUND_TOKEN_FILE")]
+    #[arg(
+        help_heading = "GC and control plane",
+        long,
+        env = "MC_GC_INBOUND_TOKEN_FILE"
+    )]
     pub gc_inbound_token_file: Option<PathBuf>,
     /// File with the admin API bearer token; absent = admin API disabled.
-    #[arg(long, env = "MC_ADMIN_TOKEN_FILE")]
+    #[arg(
+        help_heading = "GC and control plane",
+        long,
+        env = "MC_ADMIN_TOKEN_FILE"
+    )]
     pub admin_token_file: Option<PathBuf>,
     /// File with the resume binding-token secret (≥ 32 bytes).
-    #[arg(long, env = "MC_BINDING_SECRET_FILE")]
+    #[arg(
+        help_heading = "TLS, keys and development mode",
+        long,
+        env = "MC_BINDING_SECRET_FILE"
+    )]
     pub binding_secret_file: Option<PathBuf>,
     /// Controller id reported to the GC [default: hostname].
-    #[arg(long, env = "MC_MC_ID")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_MC_ID")]
     pub mc_id: Option<String>,
     /// Region reported to the GC [default: local].
-    #[arg(long, env = "MC_REGION")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_REGION")]
     pub region: Option<String>,
     /// QUIC endpoint clients should use, e.g. `mc-1.example.com:4433`.
-    #[arg(long, env = "MC_ADVERTISE_QUIC")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_ADVERTISE_QUIC")]
     pub advertise_quic: Option<String>,
     /// WebTransport URL clients should use, e.g. `https://mc-1.example.com:4433`.
-    #[arg(long, env = "MC_ADVERTISE_WEBTRANSPORT")]
+    #[arg(help_heading = "WebTransport", long, env = "MC_ADVERTISE_WEBTRANSPORT")]
     pub advertise_webtransport: Option<String>,
     /// How long a drain waits for meetings to end [default: 60s].
-    #[arg(long, env = "MC_DRAIN_TIMEOUT")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
     /// Timeout of every GC request [default: 2s].
-    #[arg(long, env = "MC_GC_TIMEOUT")]
+    #[arg(help_heading = "GC and control plane", long, env = "MC_GC_TIMEOUT")]
     pub gc_timeout: Option<String>,
     /// Origins allowed to open WebTransport sessions, comma separated, `*` for any
     /// [default: any with --dev, none otherwise].
-    #[arg(long, env = "MC_ALLOWED_ORIGINS")]
+    #[arg(help_heading = "WebTransport", long, env = "MC_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
     /// Always validate client addresses with a QUIC Retry before the handshake.
-    #[arg(long, env = "MC_RETRY")]
+    #[arg(help_heading = "Limits", long, env = "MC_RETRY")]
     pub retry: bool,
     /// Handshakes in progress per shard above which Retry is required [default: 256].
-    #[arg(long, env = "MC_RETRY_HANDSHAKE_THRESHOLD")]
+    #[arg(help_heading = "Limits", long, env = "MC_RETRY_HANDSHAKE_THRESHOLD")]
     pub retry_handshake_threshold: Option<String>,
     /// Handshakes in progress per shard above which new ones are dropped [default: 4096].
-    #[arg(long, env = "MC_MAX_HANDSHAKES_PER_SHARD")]
+    #[arg(help_heading = "Limits", long, env = "MC_MAX_HANDSHAKES_PER_SHARD")]
     pub max_handshakes_per_shard: Option<String>,
     /// Test-only hooks (a `message` with a magic payload panics its meeting).
-    #[arg(long, env = "MC_ENABLE_TEST_HOOKS", hide = true)]
+    #[arg(
+        help_heading = "Other",
+        long,
+        env = "MC_ENABLE_TEST_HOOKS",
+        hide = true
+    )]
     pub enable_test_hooks: bool,
     /// Do not attach the kernel CID-steering program (datagrams are then spread by 4-tuple
     /// and forwarded between shards in user space). For diagnosis and tests.
@@ -268,6 +309,8 @@ struct FileConfig {
     io_memory: Option<toml::Value>,
     spin_before_park: Option<String>,
     max_queue_delay: Option<String>,
+    turn_budget: Option<String>,
+    turn_max_datagrams: Option<toml::Value>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     jwks: Option<PathBuf>,
@@ -334,6 +377,10 @@ pub struct Config {
     pub spin_before_park: Duration,
     /// Datagrams older than this in a shard's receive queue are dropped unread (zero: never).
     pub max_queue_delay: Duration,
+    /// Longest a socket turn reads before it flushes.
+    pub turn_budget: Duration,
+    /// Most datagrams a socket turn reads before it flushes.
+    pub turn_max_datagrams: usize,
     /// TLS certificate (None only with `dev`, filled in by the dev setup).
     pub tls_cert: Option<PathBuf>,
     /// TLS key.
@@ -632,6 +679,21 @@ impl Config {
                 DEFAULT_MAX_QUEUE_DELAY,
                 Duration::ZERO,
                 Duration::from_secs(10),
+            )?,
+            turn_budget: Resolver::duration(
+                "turn-budget",
+                args.turn_budget,
+                file.turn_budget,
+                DEFAULT_TURN_BUDGET,
+                Duration::from_micros(100),
+                Duration::from_millis(100),
+            )?,
+            turn_max_datagrams: Resolver::number(
+                "turn-max-datagrams",
+                args.turn_max_datagrams,
+                file.turn_max_datagrams,
+                DEFAULT_TURN_MAX_DATAGRAMS,
+                (64, 65536),
             )?,
             tls_cert: pick(args.tls_cert, file.tls_cert),
             tls_key: pick(args.tls_key, file.tls_key),

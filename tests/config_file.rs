@@ -456,6 +456,25 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             vec!["--max-queue-delay", "out of range"],
         ),
         (
+            "turn budget above 100 ms",
+            vec![
+                "serve",
+                "--dev",
+                "--dev-dir",
+                dev_dir,
+                "--turn-budget",
+                "1s",
+            ],
+            vec![],
+            vec!["--turn-budget", "out of range"],
+        ),
+        (
+            "turn of fewer datagrams than one receive batch",
+            vec!["serve", "--dev", "--dev-dir", dev_dir],
+            vec![("MC_TURN_MAX_DATAGRAMS", "10")],
+            vec!["--turn-max-datagrams", "out of range"],
+        ),
+        (
             "CPU outside the affinity mask",
             vec!["serve", "--dev", "--dev-dir", dev_dir, "--cpus", &cpu],
             vec![],

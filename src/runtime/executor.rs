@@ -3,8 +3,8 @@
 //! (timers and control requests). No task holds the host across an `.await`.
 //!
 //! The socket reader works in turns: it awaits one datagram, then drains the socket without
-//! blocking (`recvmmsg`, [`RECV_BATCH`] per call) up to [`TURN_DATAGRAMS`] datagrams or
-//! [`TURN_BUDGET`], and only then flushes — each connection once — and sends everything with
+//! blocking (`recvmmsg`, [`RECV_BATCH`] per call) up to [`TurnLimits::max_datagrams`] datagrams or
+//! [`TurnLimits::budget`], and only then flushes — each connection once — and sends everything with
 //! `sendmmsg`. So a connection's frames from many inbound datagrams share packets, ACKs are
 //! coalesced, and a busy socket costs one wake-up per turn instead of one per datagram.
 
@@ -26,12 +26,19 @@ use crate::runtime::udp::{self, RECV_BATCH};
 
 /// Longest sleep of the ticker: bounds the latency of control requests.
 const MAX_TICK: Duration = Duration::from_millis(5);
-/// Most datagrams handled in one socket turn before its packets are flushed. Large enough that
-/// a busy shard coalesces many frames per connection into each packet (measured in
-/// docs/performance.md), small enough that a turn stays within about a millisecond or two.
-pub const TURN_DATAGRAMS: usize = 1024;
-/// Longest a socket turn keeps reading before it flushes, whatever the count.
-pub const TURN_BUDGET: Duration = Duration::from_millis(2);
+/// Bounds of one socket turn (`--turn-max-datagrams`, `--turn-budget`, `--max-queue-delay`).
+#[derive(Debug, Clone, Copy)]
+pub struct TurnLimits {
+    /// Most datagrams read in one turn before its packets are flushed.
+    pub max_datagrams: usize,
+    /// Longest a turn keeps reading before it flushes, whatever the count. Under load a longer
+    /// turn coalesces more frames per connection into each packet (fewer packets, less CPU per
+    /// delivery) at the price of up to this much added latency; see docs/performance.md.
+    pub budget: Duration,
+    /// Datagrams that waited longer than this in the socket's receive queue are dropped
+    /// unprocessed (zero: never).
+    pub max_queue_delay: Duration,
+}
 
 /// Everything a shard thread needs, moved into it.
 pub struct ShardParts {
@@ -45,9 +52,8 @@ pub struct ShardParts {
     pub peer_tx: Vec<Option<SharedSender<PeerMsg>>>,
     /// Receivers from every other shard.
     pub peer_rx: Vec<SharedReceiver<PeerMsg>>,
-    /// Datagrams that waited longer than this in the socket's receive queue are dropped
-    /// unprocessed (zero: never).
-    pub max_queue_delay: Duration,
+    /// Bounds of a socket turn.
+    pub turn: TurnLimits,
 }
 
 type Peers = Rc<Vec<Option<ConnectedSender<PeerMsg>>>>;
@@ -109,7 +115,7 @@ fn read_turn(
     first: Option<(&mut [u8], SocketAddr)>,
     local: SocketAddr,
     started: Instant,
-    max_queue_delay: Duration,
+    limits: TurnLimits,
 ) -> usize {
     let mut now = clock();
     let mut h = host.borrow_mut();
@@ -119,8 +125,8 @@ fn read_turn(
         handled += 1;
     }
     let mut rx = wire.receiver.borrow_mut();
-    let delay_ns = u64::try_from(max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
-    while handled < TURN_DATAGRAMS {
+    let delay_ns = u64::try_from(limits.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
+    while handled < limits.max_datagrams {
         // Datagrams the kernel stamped before this instant waited too long: skip them.
         let stale_before = if delay_ns == 0 {
             0
@@ -149,7 +155,7 @@ fn read_turn(
             }
         }
         handled += got.read;
-        if got.read < RECV_BATCH || now.mono.saturating_duration_since(started) >= TURN_BUDGET {
+        if got.read < RECV_BATCH || now.mono.saturating_duration_since(started) >= limits.budget {
             break;
         }
     }
@@ -164,7 +170,7 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
         local,
         peer_tx,
         peer_rx,
-        max_queue_delay,
+        turn,
     } = parts;
     // SAFETY: the fd is a bound, non-blocking UDP socket we own.
     let wire = Rc::new(Wire {
@@ -174,7 +180,7 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
     });
     let mut host = host;
     let fd = wire.socket.as_raw_fd();
-    if !max_queue_delay.is_zero() {
+    if !turn.max_queue_delay.is_zero() {
         if let Err(e) = udp::enable_arrival_timestamps(fd) {
             tracing::warn!(shard = %shard, error = %e, "SO_TIMESTAMPNS unavailable: --max-queue-delay is not enforced");
         }
@@ -247,7 +253,7 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
                     first.take().map(|(n, from)| (&mut buf[..n], from)),
                     local,
                     started,
-                    max_queue_delay,
+                    turn,
                 );
                 if handled == 0 {
                     // Empty: sleep until the next datagram (it starts the next turn).

@@ -41,8 +41,8 @@ pub struct RuntimeConfig {
     pub io_memory: usize,
     /// How long an idle executor polls before it parks (zero = park at once).
     pub spin_before_park: Duration,
-    /// Datagrams older than this in a shard's receive queue are dropped unread (zero: never).
-    pub max_queue_delay: Duration,
+    /// Bounds of a shard's socket turn (batching and overload shedding).
+    pub turn: executor::TurnLimits,
     /// Transport settings (the `shard` field is filled per shard).
     pub endpoint: EndpointConfig,
     /// Core settings (the `shard` field is filled per shard).
@@ -201,7 +201,7 @@ pub fn start(
             local: local_addr,
             peer_tx: tx_row,
             peer_rx: rx_row,
-            max_queue_delay: cfg.max_queue_delay,
+            turn: cfg.turn,
         };
         let placement = if cfg.pin {
             Placement::Fixed(cpu)

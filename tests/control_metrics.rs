@@ -182,6 +182,10 @@ fn values_are_the_shards_figures_at_scrape_time() {
         s.handshakes = 20;
         s.datagrams_forwarded = 31;
         s.udp_receive_drops = Some(17);
+        s.datagrams_from_peers = 5;
+        s.datagrams_dropped = vec![("unparseable", 2), ("queue_delay", 7)];
+        s.connections_refused = 3;
+        s.retry_tokens_invalid = 4;
         s.handoffs_out = 6;
         s.cpu_seconds = 2.5;
     });
@@ -261,6 +265,17 @@ fn values_are_the_shards_figures_at_scrape_time() {
     assert_eq!(v("mc_handshakes_total", &[]), 20.0);
     assert_eq!(v("mc_datagrams_forwarded_total", &[]), 31.0);
     assert_eq!(v("mc_udp_receive_drops_total", &[]), 17.0);
+    assert_eq!(v("mc_datagrams_from_peers_total", &[]), 5.0);
+    assert_eq!(
+        v("mc_datagrams_dropped_total", &[("reason", "queue_delay")]),
+        7.0
+    );
+    assert_eq!(
+        v("mc_datagrams_dropped_total", &[("reason", "unparseable")]),
+        2.0
+    );
+    assert_eq!(v("mc_connections_refused_total", &[]), 3.0);
+    assert_eq!(v("mc_retry_tokens_invalid_total", &[]), 4.0);
     // A shard whose kernel does not report drops has no series rather than a false zero.
     let other = if m == 0 { "1" } else { "0" };
     assert_eq!(

@@ -1,5 +1,6 @@
-//! Batched UDP I/O for the event loop: `recvmmsg` into fixed slots, `sendmmsg` from fixed slots,
-//! and connection-ID demultiplexing of received datagrams without parsing the QUIC header.
+//! Batched UDP I/O for the event loop: `sendmmsg` from fixed slots (receiving uses the server's
+//! own `mc::runtime::udp::Receiver`), and connection-ID demultiplexing of received datagrams
+//! without parsing the QUIC header.
 //!
 //! All buffers are allocated once per worker; nothing here allocates per datagram. Sockets are
 //! connected to the server, so no addresses are passed in either direction.
@@ -7,112 +8,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Datagrams taken from a socket per `recvmmsg` call.
-pub const RECV_BATCH: usize = 64;
 /// Datagrams queued before a `sendmmsg` call.
 pub const SEND_BATCH: usize = 64;
-/// Size of one receive slot: above any datagram the server may send us (a larger one arrives
-/// with `MSG_TRUNC` and is dropped).
-pub const RECV_SLOT: usize = 2048;
-
-/// `RECV_BATCH` receive slots and the `mmsghdr`s pointing into them.
-pub struct RecvBatch {
-    bufs: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    len: usize,
-}
-
-impl RecvBatch {
-    /// Empty slots.
-    pub fn new() -> Self {
-        Self {
-            bufs: vec![0u8; RECV_BATCH * RECV_SLOT],
-            iovs: (0..RECV_BATCH)
-                .map(|_| libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                })
-                .collect(),
-            // SAFETY: `mmsghdr` is plain old data; all-zero is a valid (empty) value.
-            hdrs: (0..RECV_BATCH)
-                .map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() })
-                .collect(),
-            len: 0,
-        }
-    }
-
-    /// Reads up to [`RECV_BATCH`] datagrams without blocking; returns how many (0 when the
-    /// queue is empty). `Ok(n)` with `n < RECV_BATCH` means the queue was drained.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.len = 0;
-        let base = self.bufs.as_mut_ptr();
-        for i in 0..RECV_BATCH {
-            // SAFETY: `i * RECV_SLOT + RECV_SLOT <= bufs.len()`, so the slot is in bounds.
-            self.iovs[i].iov_base = unsafe { base.add(i * RECV_SLOT) }.cast();
-            self.iovs[i].iov_len = RECV_SLOT;
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = std::ptr::null_mut();
-            h.msg_namelen = 0;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
-        }
-        loop {
-            // SAFETY: every header points at one live iovec of one live slot of `bufs`, all
-            // owned by `self` and not otherwise borrowed during the call; the kernel writes at
-            // most `iov_len` bytes into each and fills `msg_len`/`msg_flags`.
-            let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr(),
-                    RECV_BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n >= 0 {
-                self.len = n as usize;
-                return Ok(self.len);
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(0),
-                _ => return Err(e),
-            }
-        }
-    }
-
-    /// Datagrams of the last [`RecvBatch::recv`].
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The `i`-th datagram of the last call, `None` when it was truncated.
-    pub fn packet(&mut self, i: usize) -> Option<&mut [u8]> {
-        if i >= self.len {
-            return None;
-        }
-        let h = &self.hdrs[i];
-        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            return None;
-        }
-        let n = (h.msg_len as usize).min(RECV_SLOT);
-        let start = i * RECV_SLOT;
-        Some(&mut self.bufs[start..start + n])
-    }
-}
-
-impl Default for RecvBatch {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {
@@ -320,24 +217,23 @@ mod tests {
         assert_eq!(done.sent + last.sent, total);
         assert_eq!(done.blocked + last.blocked + done.failed + last.failed, 0);
 
-        let mut inb = RecvBatch::new();
+        let mut inb = mc::runtime::udp::Receiver::default();
         let mut seen = Vec::new();
         while seen.len() < total {
-            let n = inb.recv(rx.as_raw_fd()).unwrap();
-            if n == 0 {
+            let got = inb.recv(rx.as_raw_fd(), 0).unwrap();
+            if got.read == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
                 continue;
             }
-            assert!(n <= RECV_BATCH);
-            for i in 0..n {
-                let p = inb.packet(i).unwrap();
+            for i in 0..got.count {
+                let (p, _) = inb.datagram(i).unwrap();
                 let k = u16::from_be_bytes([p[0], p[1]]) as usize;
                 assert_eq!(p.len(), 2 + k % 7);
                 seen.push(k);
             }
         }
         assert_eq!(seen, (0..total).collect::<Vec<_>>());
-        assert_eq!(inb.recv(rx.as_raw_fd()).unwrap(), 0);
-        assert!(inb.packet(0).is_none());
+        assert_eq!(inb.recv(rx.as_raw_fd(), 0).unwrap().read, 0);
+        assert!(inb.datagram(0).is_none());
     }
 }

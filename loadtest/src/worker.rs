@@ -41,7 +41,8 @@ use crate::plan::{display_name, parse_display_name, ParticipantPlan, Timeline};
 use crate::stats::{record, Counters, ErrorCounts, Latencies, Tick};
 use crate::timer::TimerFd;
 use crate::transport::{SignalingStream, StreamContext, StreamError};
-use crate::udp::{self, Flushed, RecvBatch, SendBatch, RECV_BATCH};
+use crate::udp::{self, Flushed, SendBatch};
+use mc::runtime::udp::{Receiver, RECV_BATCH};
 
 /// Length of the connection IDs this client chooses (packets are routed back by them).
 const SCID_LEN: usize = 16;
@@ -385,7 +386,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
 
     let mut bufs = Buffers {
         msgs: Vec::new(),
-        recv: RecvBatch::new(),
+        recv: Receiver::default(),
         send: SendBatch::new(MAX_DATAGRAM),
         flushed: Flushed::default(),
         stream: vec![0u8; 65536],
@@ -488,7 +489,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
 /// Buffers reused by every turn of the loop (nothing on the hot path allocates).
 struct Buffers {
     msgs: Vec<Item>,
-    recv: RecvBatch,
+    recv: Receiver,
     send: SendBatch,
     /// What `sendmmsg` calls did since the last report into the error counts.
     flushed: Flushed,
@@ -799,31 +800,34 @@ fn close_locally(ctx: &mut Ctx, part: &mut Participant, p: usize, reason: &[u8])
 }
 
 /// Reads one `recvmmsg` batch from socket `s` and hands each datagram to its connection.
+/// Returns how many datagrams the call read.
 fn read_socket(
     ctx: &mut Ctx,
     parts: &mut [Participant],
     socks: &mut [Option<Sock>],
     s: usize,
-    batch: &mut RecvBatch,
-) {
+    batch: &mut Receiver,
+) -> usize {
     let Some(sock) = socks.get_mut(s).and_then(Option::as_mut) else {
-        return;
+        return 0;
     };
     let info = quiche::RecvInfo {
         from: ctx.settings.server,
         to: sock.local,
     };
-    let n = match batch.recv(sock.fd) {
-        Ok(n) => n,
+    let got = match batch.recv(sock.fd, 0) {
+        Ok(got) => got,
         Err(e) => {
             // ICMP errors (e.g. the server is not listening) surface here.
             ctx.error(format!("udp_recv:{}", e.kind()));
-            return;
+            return 0;
         }
     };
-    for i in 0..n {
-        let Some(pkt) = batch.packet(i) else {
-            ctx.error("udp_truncated");
+    for _ in 0..got.truncated {
+        ctx.error("udp_truncated");
+    }
+    for i in 0..got.count {
+        let Some((pkt, _)) = batch.datagram(i) else {
             continue;
         };
         let Some(p) = route(parts, s, pkt) else {
@@ -839,6 +843,7 @@ fn read_socket(
         }
         mark(ctx, part, p);
     }
+    got.read
 }
 
 /// Reads socket `s` until its queue is empty: one `recvmmsg` batch at a time, servicing the
@@ -853,8 +858,7 @@ fn drain_socket(
     bufs: &mut Buffers,
 ) {
     loop {
-        read_socket(ctx, parts, socks, s, &mut bufs.recv);
-        if bufs.recv.len() < RECV_BATCH {
+        if read_socket(ctx, parts, socks, s, &mut bufs.recv) < RECV_BATCH {
             return;
         }
         service_dirty(ctx, parts, socks, bufs, Instant::now());

@@ -20,6 +20,7 @@ use glommio::channels::shared_channel::{
 use glommio::net::UdpSocket;
 
 use crate::core::ids::ShardId;
+use crate::core::shard::Now;
 use crate::quic::endpoint::PeerMsg;
 use crate::runtime::host::{clock, ShardHost};
 use crate::runtime::udp::{self, RECV_BATCH};
@@ -67,13 +68,13 @@ struct Wire {
 
 type Host = Rc<RefCell<ShardHost>>;
 
-async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers) {
+/// Flushes the endpoint at `now` and performs its output: peer messages, then the packets
+/// with `sendmmsg`.
+async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers, now: Now) {
+    let mut now = now;
     loop {
-        let mut out = host.borrow_mut().flush(clock());
-        if out.packets.is_empty() && out.peers.is_empty() {
-            host.borrow_mut().recycle(out);
-            return;
-        }
+        let mut out = host.borrow_mut().flush(now);
+        let mut awaited = false;
         for (to, msg) in out.peers.drain(..) {
             let kind = msg.kind();
             let sent = match peers.get(usize::from(to.0)).and_then(Option::as_ref) {
@@ -95,6 +96,7 @@ async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers) {
             if r.would_block {
                 // Socket buffer full: wait for room with one awaited send, then batch again.
                 if let Some((pkt, to)) = out.packets.get(i) {
+                    awaited = true;
                     if let Err(e) = wire.socket.send_to(pkt, to).await {
                         tracing::debug!(error = %e, %to, "send_to failed");
                     }
@@ -103,21 +105,28 @@ async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers) {
             }
         }
         host.borrow_mut().recycle(out);
+        if !awaited {
+            return;
+        }
+        // Other tasks ran while this one waited for the socket: flush what they left.
+        now = clock();
     }
 }
 
-/// One socket turn: `first` (a datagram the awaited read returned, if any), then drain the
-/// socket without blocking within the turn's bounds, feeding every datagram to the endpoint.
-/// Returns how many datagrams the turn read (0: the socket was empty).
+/// One socket turn started at `now`: `first` (a datagram the awaited read returned, if any),
+/// then drain the socket without blocking within the turn's bounds, feeding every datagram to
+/// the endpoint. Returns how many datagrams the turn read (0: the socket was empty) and the
+/// time of its last batch.
 fn read_turn(
     host: &Host,
     wire: &Wire,
     first: Option<(&mut [u8], SocketAddr)>,
     local: SocketAddr,
-    started: Instant,
+    now: Now,
     limits: TurnLimits,
-) -> usize {
-    let mut now = clock();
+) -> (usize, Now) {
+    let started = now.mono;
+    let mut now = now;
     let mut h = host.borrow_mut();
     let mut handled = 0;
     if let Some((first, from)) = first {
@@ -159,7 +168,7 @@ fn read_turn(
             break;
         }
     }
-    handled
+    (handled, now)
 }
 
 /// Runs the shard until a `Shutdown` request completes.
@@ -227,13 +236,13 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
         let (host, wire, peers) = (host.clone(), wire.clone(), peers.clone());
         tasks.push(glommio::spawn_local(async move {
             while let Some(msg) = rx.recv().await {
-                let started = Instant::now();
+                let now = clock();
                 let datagrams = u64::from(matches!(msg, PeerMsg::Datagram { .. }));
-                host.borrow_mut().handle_peer(msg, clock());
-                flush(&host, &wire, &peers).await;
+                host.borrow_mut().handle_peer(msg, now);
+                flush(&host, &wire, &peers, now).await;
                 let done = Instant::now();
                 host.borrow_mut()
-                    .record_turn(done - started, datagrams, done);
+                    .record_turn(done - now.mono, datagrams, done);
                 glommio::yield_if_needed().await;
             }
         }));
@@ -246,8 +255,8 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
             loop {
                 // Read without waiting while the socket has datagrams: a busy shard goes from
                 // turn to turn with `recvmmsg` alone and never parks on the ring.
-                let started = Instant::now();
-                let handled = read_turn(
+                let started = clock();
+                let (handled, now) = read_turn(
                     &host,
                     &wire,
                     first.take().map(|(n, from)| (&mut buf[..n], from)),
@@ -266,10 +275,10 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
                     }
                     continue;
                 }
-                flush(&host, &wire, &peers).await;
+                flush(&host, &wire, &peers, now).await;
                 let done = Instant::now();
                 host.borrow_mut()
-                    .record_turn(done - started, handled as u64, done);
+                    .record_turn(done - started.mono, handled as u64, done);
                 // A busy socket must not starve the ticker (timers, control requests).
                 glommio::yield_if_needed().await;
             }
@@ -287,11 +296,11 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
                 .clamp(Duration::from_micros(200), MAX_TICK)
         };
         glommio::timer::sleep(wait).await;
-        let started = Instant::now();
-        host.borrow_mut().handle_tick(clock());
-        flush(&host, &wire, &peers).await;
+        let now = clock();
+        host.borrow_mut().handle_tick(now);
+        flush(&host, &wire, &peers, now).await;
         let done = Instant::now();
-        host.borrow_mut().record_turn(done - started, 0, done);
+        host.borrow_mut().record_turn(done - now.mono, 0, done);
         let (stopping, stopped) = {
             let h = host.borrow();
             (h.stopping(), h.stopped())

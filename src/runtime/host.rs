@@ -127,12 +127,9 @@ impl ShardHost {
     /// Counts datagrams read from the socket but not handed to the endpoint: `oversized` ones
     /// the kernel truncated, `stale` ones that queued longer than `--max-queue-delay`.
     pub fn count_unread(&mut self, oversized: usize, stale: usize) {
-        for _ in 0..oversized {
-            self.ep.count_drop(DatagramDrop::Oversized);
-        }
-        for _ in 0..stale {
-            self.ep.count_drop(DatagramDrop::QueueDelay);
-        }
+        self.ep
+            .count_drops(DatagramDrop::Oversized, oversized as u64);
+        self.ep.count_drops(DatagramDrop::QueueDelay, stale as u64);
     }
 
     /// A message from another shard.
@@ -201,28 +198,29 @@ impl ShardHost {
     }
 
     fn answer(&mut self, req: ShardRequest, t: Now) -> ShardReply {
-        if let ShardRequest::Snapshot = req {
-            return ShardReply::Snapshot(Box::new(self.snapshot(t)));
-        }
-        let core = self.ep.core_mut();
         match req {
-            ShardRequest::Snapshot => ShardReply::Done,
+            ShardRequest::Snapshot => ShardReply::Snapshot(Box::new(self.snapshot(t))),
             ShardRequest::Assign {
                 meeting_id,
                 media_handlers,
-            } => ShardReply::Assigned(core.assign_meeting(meeting_id, media_handlers, t)),
-            ShardRequest::ListMeetings => ShardReply::Meetings(core.meetings(t)),
+            } => ShardReply::Assigned(self.ep.core_mut().assign_meeting(
+                meeting_id,
+                media_handlers,
+                t,
+            )),
+            ShardRequest::ListMeetings => ShardReply::Meetings(self.ep.core().meetings(t)),
             ShardRequest::ShowMeeting(id) => {
-                ShardReply::Meeting(core.meeting(&id, t).map(Box::new))
+                ShardReply::Meeting(self.ep.core().meeting(&id, t).map(Box::new))
             }
             ShardRequest::EndMeeting(id, reason) => {
-                ShardReply::Ended(core.end_meeting(&id, reason, t))
+                ShardReply::Ended(self.ep.core_mut().end_meeting(&id, reason, t))
             }
             ShardRequest::SetDraining(d) => {
-                core.set_draining(d);
+                self.ep.core_mut().set_draining(d);
                 ShardReply::Done
             }
             ShardRequest::EndAll(reason) => {
+                let core = self.ep.core_mut();
                 core.set_draining(true);
                 ShardReply::EndedAll(core.end_all(reason, t))
             }

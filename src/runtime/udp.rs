@@ -186,17 +186,6 @@ pub fn enable_arrival_timestamps(fd: RawFd) -> std::io::Result<()> {
     }
 }
 
-/// The wall clock in nanoseconds since the epoch (the clock of `SO_TIMESTAMPNS`).
-pub fn wall_clock_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    timespec_ns(&ts)
-}
-
 fn timespec_ns(ts: &libc::timespec) -> u64 {
     u64::try_from(ts.tv_sec)
         .unwrap_or(0)
@@ -229,7 +218,10 @@ pub struct Receiver {
     ctrl: Box<[[u64; CMSG_SPACE / 8]; RECV_BATCH]>,
     addrs: Box<[libc::sockaddr_storage; RECV_BATCH]>,
     iovs: Box<[libc::iovec; RECV_BATCH]>,
+    /// Point into the boxes above (heap memory that never moves), wired once in `default`.
     hdrs: Box<[libc::mmsghdr; RECV_BATCH]>,
+    /// Headers the last call let the kernel fill (their in/out lengths need resetting).
+    used: usize,
     /// `(slot, len, from)` of the datagrams read by the last call.
     got: Vec<(usize, usize, SocketAddr)>,
 }
@@ -237,16 +229,29 @@ pub struct Receiver {
 impl Default for Receiver {
     fn default() -> Self {
         // SAFETY: all-zero is a valid value of these plain C structs and byte arrays.
-        unsafe {
+        let mut r = unsafe {
             Self {
                 bufs: Box::new(zeroed()),
                 ctrl: Box::new(zeroed()),
                 addrs: Box::new(zeroed()),
                 iovs: Box::new(zeroed()),
                 hdrs: Box::new(zeroed()),
+                used: RECV_BATCH,
                 got: Vec::with_capacity(RECV_BATCH),
             }
+        };
+        for k in 0..RECV_BATCH {
+            r.iovs[k] = libc::iovec {
+                iov_base: r.bufs[k].as_mut_ptr().cast(),
+                iov_len: RECV_SLOT,
+            };
+            let h = &mut r.hdrs[k].msg_hdr;
+            h.msg_name = (&mut r.addrs[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut r.iovs[k];
+            h.msg_iovlen = 1;
+            h.msg_control = r.ctrl[k].as_mut_ptr().cast();
         }
+        r
     }
 }
 
@@ -281,36 +286,24 @@ impl Receiver {
     /// all) are skipped and counted as stale.
     pub fn recv(&mut self, fd: RawFd, stale_before_ns: u64) -> std::io::Result<Received> {
         let Self {
-            bufs,
-            ctrl,
             addrs,
-            iovs,
             hdrs,
+            used,
             got,
+            ..
         } = self;
         got.clear();
-        for k in 0..RECV_BATCH {
-            iovs[k] = libc::iovec {
-                iov_base: bufs[k].as_mut_ptr().cast(),
-                iov_len: RECV_SLOT,
-            };
-            // SAFETY: all-zero is a valid msghdr.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut addrs[k] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[k];
-            h.msg_iovlen = 1;
-            h.msg_control = ctrl[k].as_mut_ptr().cast();
-            h.msg_controllen = CMSG_SPACE as _;
-            hdrs[k] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
+        // The kernel shrinks the name and control lengths of the headers it fills; restore
+        // them (the pointers never change). An empty read touches none.
+        for h in hdrs.iter_mut().take(*used) {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = CMSG_SPACE as _;
         }
+        *used = 0;
         let ret = loop {
-            // SAFETY: `hdrs` point into `addrs`, `iovs`, `ctrl` and `bufs`, all owned by `self`, alive
-            // and not otherwise borrowed during the call; the kernel writes at most
-            // `iov_len`/`msg_namelen` bytes into each.
+            // SAFETY: `hdrs` point into `addrs`, `iovs`, `ctrl` and `bufs`, heap memory owned by
+            // `self`, alive and not otherwise borrowed during the call; the kernel writes at
+            // most `iov_len`/`msg_namelen`/`msg_controllen` bytes into each.
             let ret = unsafe {
                 libc::recvmmsg(
                     fd,
@@ -337,6 +330,7 @@ impl Receiver {
                 _ => return Err(err),
             }
         };
+        *used = ret;
         let (mut truncated, mut stale) = (0, 0);
         for (k, h) in hdrs.iter().enumerate().take(ret) {
             if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
@@ -392,7 +386,14 @@ pub fn receive_drops(fd: RawFd) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use std::os::fd::AsRawFd;
+
+    /// The wall clock in nanoseconds since the epoch (the clock of `SO_TIMESTAMPNS`).
+    fn wall_clock_ns() -> u64 {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.map_or(0, |d| d.as_nanos() as u64)
+    }
 
     fn recv_all(sock: &std::net::UdpSocket, n: usize) -> Vec<Vec<u8>> {
         sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))

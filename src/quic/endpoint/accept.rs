@@ -15,13 +15,13 @@ impl Endpoint {
         let hdr = match quiche::Header::from_slice(buf, CID_LEN) {
             Ok(h) => h,
             Err(_) => {
-                self.count_drop(DatagramDrop::Unparseable);
+                self.count_drops(DatagramDrop::Unparseable, 1);
                 return;
             }
         };
         let dcid: &[u8] = &hdr.dcid;
         let Some(key) = CidKey::new(dcid) else {
-            self.count_drop(DatagramDrop::Unparseable);
+            self.count_drops(DatagramDrop::Unparseable, 1);
             return;
         };
         if let Some(id) = self.cids.get(&key).copied() {
@@ -49,11 +49,12 @@ impl Endpoint {
         // bytes; smaller ones get no answer at all (no Version Negotiation, no Retry), so the
         // server can never be used to amplify.
         if buf.len() < MIN_INITIAL_DATAGRAM {
-            self.count_drop(if hdr.ty == quiche::Type::Initial {
+            let why = if hdr.ty == quiche::Type::Initial {
                 DatagramDrop::TooShort
             } else {
                 DatagramDrop::UnknownConnection
-            });
+            };
+            self.count_drops(why, 1);
             return;
         }
         if !quiche::version_is_supported(hdr.version) {
@@ -63,11 +64,11 @@ impl Endpoint {
             return;
         }
         if hdr.ty != quiche::Type::Initial {
-            self.count_drop(DatagramDrop::UnknownConnection);
+            self.count_drops(DatagramDrop::UnknownConnection, 1);
             return;
         }
         if self.stopping {
-            self.count_drop(DatagramDrop::Stopping);
+            self.count_drops(DatagramDrop::Stopping, 1);
             return;
         }
         let handshaking = self.handshaking;
@@ -123,7 +124,7 @@ impl Endpoint {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(shard = %self.cfg.shard, error = %e, "accept failed");
-                self.count_drop(DatagramDrop::AcceptFailed);
+                self.count_drops(DatagramDrop::AcceptFailed, 1);
                 return;
             }
         };

@@ -49,7 +49,7 @@ impl Endpoint {
             self.core.handle_connection_opened(id, t);
         }
         self.read_streams(id, t);
-        self.drive_core(t);
+        self.drive(t);
     }
 
     pub(super) fn read_streams(&mut self, id: ConnId, t: Now) {
@@ -132,8 +132,9 @@ impl Endpoint {
         }
     }
 
-    /// Runs queued core work, applies its actions and writes its frames.
-    pub(super) fn drive_core(&mut self, t: Now) {
+    /// Runs queued core work and carries out the core's actions (also after a command given
+    /// through [`Endpoint::core_mut`]).
+    pub fn drive(&mut self, t: Now) {
         self.core.process_all(t);
         while let Some(a) = self.core.poll_action() {
             match a {
@@ -266,7 +267,7 @@ impl Endpoint {
             self.last_sweep = t.mono;
             self.sweep(t.mono);
         }
-        self.drive_core(t);
+        self.drive(t);
     }
 
     pub(super) fn sweep(&mut self, now: Instant) {
@@ -371,6 +372,6 @@ impl Endpoint {
         }
         self.closing.remove(&id);
         self.core.handle_connection_closed(id, t);
-        self.drive_core(t);
+        self.drive(t);
     }
 }

@@ -361,11 +361,6 @@ impl Endpoint {
         &mut self.core
     }
 
-    /// Runs queued core work and carries out the core's actions.
-    pub fn drive(&mut self, now: Now) {
-        self.drive_core(now);
-    }
-
     /// Refuses new connections, closes every connection (code 0) and lets the core drain.
     pub fn shutdown(&mut self) {
         self.stopping = true;
@@ -376,10 +371,10 @@ impl Endpoint {
         self.dirty.extend(self.conns.keys().copied());
     }
 
-    /// Counts a datagram dropped before it reached a connection (also used by the I/O glue
-    /// for datagrams it could not read whole).
-    pub fn count_drop(&mut self, why: DatagramDrop) {
-        self.stats.datagrams_dropped[why as usize] += 1;
+    /// Counts `n` datagrams dropped before they reached a connection (also used by the I/O
+    /// glue for datagrams it did not hand over).
+    pub fn count_drops(&mut self, why: DatagramDrop, n: u64) {
+        self.stats.datagrams_dropped[why as usize] += n;
     }
 
     /// Takes what must be sent. Give it back with [`Endpoint::recycle`] once sent so its

@@ -23,9 +23,12 @@ fn usage(e: impl std::fmt::Display) -> i32 {
     EXIT_USAGE
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Installs the log subscriber. `level` was checked by [`Config::resolve`]; a filter that
+/// still fails to parse is a usage error, never a silent default.
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(level)
+        .map_err(|e| format!("--log-level: `{level}` is not a log filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -33,6 +36,7 @@ fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
+    Ok(())
 }
 
 /// `mc serve`.
@@ -41,7 +45,9 @@ pub fn serve(args: ServeArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    init_logging(cfg.log_format, &cfg.log_level);
+    if let Err(e) = init_logging(cfg.log_format, &cfg.log_level) {
+        return usage(e);
+    }
     if cfg.dev {
         let material = match crate::dev::ensure_dev_material(&cfg.dev_dir, SystemTime::now(), &[]) {
             Ok(m) => m,

@@ -130,7 +130,8 @@ pub struct ServeArgs {
     /// UDP address for QUIC and WebTransport [default: 0.0.0.0:4433].
     #[arg(help_heading = "Network", long, env = "MC_LISTEN")]
     pub listen: Option<String>,
-    /// TCP address of the control HTTP server [default: 0.0.0.0:8080].
+    /// TCP address of the control HTTP server [default: 0.0.0.0:8080; 127.0.0.1:8080 with
+    /// --dev].
     #[arg(help_heading = "Network", long, env = "MC_CONTROL_LISTEN")]
     pub control_listen: Option<String>,
     /// Number of shards [default: one per usable CPU].
@@ -221,7 +222,7 @@ pub struct ServeArgs {
     /// Log format: json or text [default: json, text with --dev].
     #[arg(help_heading = "Logging", long, env = "MC_LOG_FORMAT")]
     pub log_format: Option<String>,
-    /// Log filter, e.g. `info` or `mc=debug` [default: info].
+    /// Log filter, e.g. `info` or `mc=debug` [default: RUST_LOG if set, else info].
     #[arg(help_heading = "Logging", long, env = "MC_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Global Controller base URL; absent = standalone.
@@ -653,7 +654,12 @@ impl Config {
                 "control-listen",
                 args.control_listen,
                 file.control_listen,
-                "0.0.0.0:8080",
+                // Development mode keeps metrics and the admin API on this machine.
+                if dev {
+                    "127.0.0.1:8080"
+                } else {
+                    "0.0.0.0:8080"
+                },
             )?,
             shards,
             cpus,
@@ -803,7 +809,13 @@ impl Config {
                 (1.0, 1_000_000.0),
             )?,
             log_format,
-            log_level: pick(args.log_level, file.log_level).unwrap_or_else(|| "info".into()),
+            log_level: match pick(args.log_level, file.log_level) {
+                Some(f) => check_log_filter("--log-level", &f)?,
+                None => match std::env::var("RUST_LOG") {
+                    Ok(f) if !f.trim().is_empty() => check_log_filter("RUST_LOG", &f)?,
+                    _ => "info".into(),
+                },
+            },
             gc_url,
             gc_token_file: pick(args.gc_token_file, file.gc_token_file),
             gc_inbound_token_file: pick(args.gc_inbound_token_file, file.gc_inbound_token_file),
@@ -937,6 +949,29 @@ fn hostname() -> String {
     }
 }
 
+/// Reports a command-line parse failure the way clap renders it (the error, clap's tip, the
+/// usage line) and returns the exit code: 0 for `--help`/`--version` (printed to stdout),
+/// [`EXIT_USAGE`] for everything else (printed to stderr).
+pub fn clap_exit(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+        _ => EXIT_USAGE,
+    }
+}
+
+/// Checks a log filter (`info`, `mc=debug,quiche=warn`, ...); `source` names where it came
+/// from (`--log-level` or `RUST_LOG`) in the error.
+pub fn check_log_filter(source: &str, filter: &str) -> Result<String, ConfigError> {
+    match tracing_subscriber::EnvFilter::builder().parse(filter) {
+        Ok(_) => Ok(filter.to_owned()),
+        Err(e) => err(format!("{source}: `{filter}` is not a log filter: {e}")),
+    }
+}
+
 /// Reads a secret file (token), trimmed; errors name the flag.
 pub fn read_secret(flag: &str, path: &Path) -> Result<String, ConfigError> {
     let s = std::fs::read_to_string(path)
@@ -989,7 +1024,13 @@ mod tests {
     fn dev_needs_no_files_and_has_defaults() {
         let c = serve(&["--dev"]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:4433".parse().unwrap());
-        assert_eq!(c.control_listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            c.control_listen,
+            "127.0.0.1:8080".parse().unwrap(),
+            "--dev keeps the control server on loopback"
+        );
+        let c = serve(&["--dev", "--control-listen", "0.0.0.0:9090"]).unwrap();
+        assert_eq!(c.control_listen, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(c.mailbox_size, 1024);
         assert_eq!(c.resume_window, Duration::from_secs(30));
         assert_eq!(c.log_format, LogFormat::Text);

@@ -4,30 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use mc::config::{Cli, Command, EXIT_USAGE};
+use mc::config::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                e.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            eprintln!("mc: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(EXIT_USAGE as u8);
-        }
+        Err(e) => return ExitCode::from(mc::config::clap_exit(&e) as u8),
     };
     let code = match cli.command {
         Command::Serve(args) => mc::app::serve(*args),

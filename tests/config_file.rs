@@ -283,7 +283,8 @@ struct Run {
     stderr: String,
 }
 
-/// Runs the `mc` binary with `args` and extra `env` (every ambient `MC_*` variable removed),
+/// Runs the `mc` binary with `args` and extra `env` (every ambient `MC_*` variable and
+/// `RUST_LOG` removed),
 /// killing it after [`PROCESS_TIMEOUT`].
 fn run_mc(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Process::new(env!("CARGO_BIN_EXE_mc"));
@@ -292,7 +293,7 @@ fn run_mc(args: &[&str], env: &[(&str, &str)]) -> Run {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MC_") {
+        if k.to_string_lossy().starts_with("MC_") || k == "RUST_LOG" {
             cmd.env_remove(k);
         }
     }
@@ -406,12 +407,6 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             vec!["--mailbox-size", "abc"],
         ),
         (
-            "boolean environment value other than true/false",
-            vec!["serve", "--dev-dir", dev_dir],
-            vec![("MC_DEV", "yes")],
-            vec!["--dev"],
-        ),
-        (
             "no TLS or JWKS without --dev",
             vec!["serve"],
             vec![],
@@ -431,10 +426,23 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             vec!["--idle-timeout"],
         ),
         (
-            "unknown flag",
-            vec!["serve", "--dev", "--mailbox", "5"],
+            "log filter that does not parse",
+            vec![
+                "serve",
+                "--dev",
+                "--dev-dir",
+                dev_dir,
+                "--log-level",
+                "mc=loud",
+            ],
             vec![],
-            vec!["--mailbox"],
+            vec!["--log-level", "mc=loud"],
+        ),
+        (
+            "RUST_LOG that does not parse",
+            vec!["serve", "--dev", "--dev-dir", dev_dir],
+            vec![("RUST_LOG", "mc=loud")],
+            vec!["RUST_LOG", "mc=loud"],
         ),
         (
             "spin longer than 10 ms",
@@ -490,6 +498,124 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             run.stdout
         );
     }
+}
+
+/// Asserts clap's full report of a command-line error: exit 64, the error, the pointer to
+/// `--help`, and the `needles` (clap's tip and usage line where clap prints them).
+fn assert_clap_error(run: &Run, what: &str, needles: &[&str]) {
+    assert_eq!(
+        run.code,
+        Some(EXIT_USAGE),
+        "{what}: exit code; stderr: {}",
+        run.stderr
+    );
+    let err = &run.stderr;
+    assert!(err.starts_with("error: "), "{what}: {err}");
+    assert!(
+        err.contains("For more information, try '--help'."),
+        "{what}: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "{what}: `{n}` not in: {err}");
+    }
+    assert!(!run.stdout.contains("listening"), "{what}: {}", run.stdout);
+}
+
+#[test]
+fn bad_flags_print_clap_usage_and_tip_and_exit_64() {
+    let run = run_mc(&["serve", "--dev", "--mailbox", "5"], &[]);
+    assert_clap_error(
+        &run,
+        "misspelt flag",
+        &[
+            "unexpected argument '--mailbox'",
+            "tip: a similar argument exists: '--mailbox-size'",
+            "Usage: mc serve --dev --mailbox-size <MAILBOX_SIZE>",
+        ],
+    );
+    let run = run_mc(&["serve"], &[("MC_DEV", "yes")]);
+    assert_clap_error(
+        &run,
+        "boolean environment value other than true/false",
+        &["'yes'", "--dev"],
+    );
+    let run = run_mc(&["admin", "--token-file", "/x", "lsit"], &[]);
+    assert_clap_error(
+        &run,
+        "misspelt subcommand",
+        &[
+            "unrecognized subcommand 'lsit'",
+            "tip: a similar subcommand exists: 'list'",
+            "Usage: mc admin",
+        ],
+    );
+}
+
+#[test]
+fn rust_log_sets_the_filter_when_log_level_is_not_given() {
+    let dir = TempDir::new("rust-log");
+    let dev_dir = dir.path().join("dev");
+    let dev_dir = dev_dir.to_str().unwrap();
+    let base = ["serve", "--dev", "--dev-dir", dev_dir];
+    let resolve_with = |extra: &[&str]| {
+        let mut argv = vec!["mc"];
+        argv.extend_from_slice(&base);
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => Config::resolve(*a),
+            _ => unreachable!(),
+        }
+    };
+    // The process's own RUST_LOG is what the resolver reads: compare with it.
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            assert_eq!(resolve_with(&[]).unwrap().log_level, v);
+        }
+        _ => assert_eq!(resolve_with(&[]).unwrap().log_level, "info"),
+    }
+    assert_eq!(
+        resolve_with(&["--log-level", "mc=debug"])
+            .unwrap()
+            .log_level,
+        "mc=debug"
+    );
+
+    // A real process that logs and exits: the control port is taken, so it logs the CPU
+    // placement (info), then `startup failed` (error) and exits 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let args = [
+        "serve",
+        "--dev",
+        "--dev-dir",
+        dev_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--control-listen",
+        &taken,
+        "--shards",
+        "1",
+        "--io-memory",
+        "262144",
+    ];
+    let run = run_mc(&args, &[("RUST_LOG", "error")]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("startup failed"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("CPU placement"),
+        "RUST_LOG=error hides info events: {}",
+        run.stderr
+    );
+    let run = run_mc(&args, &[("RUST_LOG", "mc=info")]);
+    assert!(run.stderr.contains("CPU placement"), "{}", run.stderr);
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--log-level", "info"]);
+    let run = run_mc(&with_flag, &[("RUST_LOG", "error")]);
+    assert!(
+        run.stderr.contains("CPU placement"),
+        "--log-level wins over RUST_LOG: {}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -156,6 +156,87 @@ fn every_metric_exists_for_every_shard() {
     }
 }
 
+/// The standard `process_*` family describes this process (the control thread runs in the test
+/// process): its own RSS, CPU time, descriptors and start time, read at scrape time.
+#[test]
+fn process_family_describes_this_process() {
+    let rig = rig(RigOpts::default());
+    // Spend at least 50 ms of CPU first (the kernel counts in 10 ms ticks).
+    let own_cpu_ticks = || {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        f[0] + f[1]
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut x = 0u64;
+    while (own_cpu_ticks() as f64) / hz < 0.05 {
+        for i in 0..1_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+    }
+    let text = rig.metrics();
+    for (name, kind) in [
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}")),
+            "{name} {kind}:\n{text}"
+        );
+    }
+    let value = |name: &str| {
+        metric_value(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    // Resident memory: at least what /proc/self/statm says now, give or take the scrape's own
+    // allocations (same order of magnitude, not zero).
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let rss = value("process_resident_memory_bytes");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    let rss_now = pages * page;
+    assert!(rss > 1e6 && rss < 4.0 * rss_now, "{rss} vs {rss_now}");
+    let fds = value("process_open_fds");
+    let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as f64;
+    assert!(fds >= 3.0 && fds <= open_now + 16.0, "{fds} vs {open_now}");
+    let max = value("process_max_fds");
+    assert!(max >= fds, "{max} < {fds}");
+    // The limit is this process's soft RLIMIT_NOFILE, as the shell reports it.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let soft: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(max, soft);
+    let cpu = value("process_cpu_seconds_total");
+    assert!(cpu >= 0.05, "{cpu}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 2.0 && started > now - 3600.0,
+        "{started} vs {now}"
+    );
+    // CPU time only grows.
+    let later = metric_value(&rig.metrics(), "process_cpu_seconds_total", &[]).unwrap();
+    assert!(later >= cpu, "{later} < {cpu}");
+}
+
 #[test]
 fn values_are_the_shards_figures_at_scrape_time() {
     let rig = rig(RigOpts::default());

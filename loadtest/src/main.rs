@@ -26,7 +26,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let settings = match cli::Args::parse().validate() {
+    let args = match cli::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => return ExitCode::from(mc::config::clap_exit(&e) as u8),
+    };
+    let settings = match args.validate() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mc-loadtest: {e}");

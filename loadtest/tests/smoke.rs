@@ -291,4 +291,35 @@ fn bad_flags_exit_with_usage_code() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mc serve --dev"));
     let _ = std::fs::remove_dir_all(&dir);
+
+    // A flag clap rejects: its whole report (error, tip, usage) and the same exit code.
+    let out = Command::new(bin)
+        .args(["--meetngs", "5"])
+        .output()
+        .expect("run mc-loadtest");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "error: unexpected argument '--meetngs' found",
+        "tip: a similar argument exists: '--meetings'",
+        "Usage: mc-loadtest --meetings <MEETINGS>",
+        "For more information, try '--help'.",
+    ] {
+        assert!(stderr.contains(needle), "`{needle}` in: {stderr}");
+    }
+    let out = Command::new(bin)
+        .args(["--scenario", "meetigns"])
+        .output()
+        .expect("run mc-loadtest");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid value 'meetigns'"), "{stderr}");
+    assert!(stderr.contains("Usage: mc-loadtest"), "{stderr}");
+
+    let out = Command::new(bin)
+        .arg("--help")
+        .output()
+        .expect("run mc-loadtest");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--hlog"));
 }

@@ -128,6 +128,9 @@ impl Metrics {
             notifications.clone(),
         );
         registry.register_collector(Box::new(ShardCollector { pool, facts }));
+        registry.register_collector(Box::new(ProcessCollector {
+            start_time: super::procstat::start_time_seconds(),
+        }));
         Self {
             registry,
             heartbeats,
@@ -205,8 +208,12 @@ fn counter<'a>(
     let help = format!("{help}.");
     let mut m = enc.encode_descriptor(name, &help, None, MetricType::Counter)?;
     for (labels, v) in rows {
-        m.encode_family(labels)?
-            .encode_counter::<NoLabelSet, f64, f64>(v, None)?;
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, f64, f64>(v, None)?;
+        } else {
+            m.encode_family(labels)?
+                .encode_counter::<NoLabelSet, f64, f64>(v, None)?;
+        }
     }
     Ok(())
 }
@@ -523,6 +530,58 @@ impl Collector for ShardCollector {
             "Build information (always 1)",
             &[(vec![("version", self.facts.version.clone())], 1.0)],
         )?;
+        Ok(())
+    }
+}
+
+/// The standard `process_*` family (the names every Prometheus client library exports), read
+/// from `/proc/self` on every scrape. A figure that cannot be read (not Linux) is left out.
+#[derive(Debug)]
+struct ProcessCollector {
+    /// Read once: it does not change.
+    start_time: Option<f64>,
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use super::procstat;
+        let e = &mut enc;
+        let one = |v: Option<f64>| v.map(|v| vec![(Vec::new(), v)]);
+        if let Some(rows) = one(procstat::cpu_seconds()) {
+            counter(
+                e,
+                "process_cpu_seconds",
+                "Total user and system CPU time of the process, in seconds",
+                &rows,
+            )?;
+        }
+        let gauges: [(&'static str, &'static str, Option<f64>); 4] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the process, in bytes",
+                procstat::rss_bytes().map(|b| b as f64),
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors",
+                procstat::open_fds().map(|n| n as f64),
+            ),
+            (
+                "process_max_fds",
+                "Most file descriptors the process may open (soft RLIMIT_NOFILE)",
+                procstat::max_fds().map(|n| n as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds",
+                self.start_time,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(rows) = one(value) {
+                gauge(e, name, help, &rows)?;
+            }
+        }
         Ok(())
     }
 }

@@ -32,6 +32,51 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Open file descriptors (entries of `/proc/self/fd`, less the one the listing itself holds).
+pub(crate) fn open_fds() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count();
+    u64::try_from(entries.saturating_sub(1)).ok()
+}
+
+/// The soft `RLIMIT_NOFILE`: the most file descriptors the process may open.
+pub(crate) fn max_fds() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0).then_some(lim.rlim_cur)
+}
+
+/// When the process started, in seconds since the Unix epoch: the boot time (`btime` of
+/// `/proc/stat`) plus the process's start time after boot (field 22 of `/proc/self/stat`).
+pub(crate) fn start_time_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let ticks = parse_stat_start_ticks(&stat)?;
+    let btime = parse_btime(&std::fs::read_to_string("/proc/stat").ok()?)?;
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| btime as f64 + ticks as f64 / hz as f64)
+}
+
+/// Field 22 (`starttime`, clock ticks after boot) of `/proc/<pid>/stat`.
+fn parse_stat_start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' the first field is field 3, so field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `btime` (boot time, seconds since the epoch) of `/proc/stat`.
+fn parse_btime(proc_stat: &str) -> Option<u64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// CPU use of the process as a percentage of one core, between two samples.
 #[derive(Debug)]
 pub(crate) struct CpuMeter {
@@ -66,12 +111,38 @@ mod tests {
         let line = "1234 (my (odd) cmd) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0 100 0 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(300));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        assert_eq!(parse_stat_start_ticks(line), Some(100));
+        assert_eq!(parse_stat_start_ticks("1 (x) S 1 2"), None);
+        assert_eq!(
+            parse_btime("cpu  1 2 3\nintr 5\nbtime 1765000000\nprocesses 9\n"),
+            Some(1_765_000_000)
+        );
+        assert_eq!(parse_btime("cpu 1\n"), None);
     }
 
     #[test]
     fn own_process_figures_are_real() {
         assert!(rss_bytes().is_some_and(|r| r > 0));
         assert!(cpu_seconds().is_some());
+        // This test's process has stdin/stdout/stderr open at least.
+        assert!(open_fds().is_some_and(|n| n >= 3), "{:?}", open_fds());
+        let opened: Vec<_> = (0..5)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        assert!(open_fds().is_some_and(|n| n >= 8));
+        drop(opened);
+        assert!(max_fds().is_some_and(|m| m >= 3));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = start_time_seconds().unwrap();
+        // Started before now and within the last day (a test process is young); the two
+        // kernel clocks may differ by a few ticks, hence the small slack.
+        assert!(
+            started <= now + 2.0 && started > now - 86_400.0,
+            "{started} vs {now}"
+        );
         let mut m = CpuMeter::new();
         let _ = m.sample();
         assert!(m.sample().is_none_or(|p| p >= 0.0));

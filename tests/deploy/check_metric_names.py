@@ -195,7 +195,7 @@ def main():
         if not res.check(path.exists(), f"docs/{doc} exists"):
             continue
         text = path.read_text()
-        for m in re.finditer(r"\bmc_[a-z0-9_]*[a-z0-9]\b", text):
+        for m in re.finditer(r"\b(?:mc|process)_[a-z0-9_]*[a-z0-9]\b", text):
             name = m.group(0)
             if name.startswith("mc_service"):
                 continue  # the service's name, not a metric

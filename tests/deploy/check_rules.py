@@ -38,8 +38,8 @@ THRESHOLDS = {
 EXPR_MUST_USE = {
     "MCDown": ["up{", "absent("],
     "MCPodRestartingFrequently": ["kube_pod_container_status_restarts_total"],
-    "MCHighMemory": ["container_memory_working_set_bytes", "container_spec_memory_limit_bytes"],
-    "MCHighCPU": ["container_cpu_usage_seconds_total"],
+    "MCHighMemory": ["process_resident_memory_bytes", "kube_pod_container_resource_limits"],
+    "MCHighCPU": ["process_cpu_seconds_total", "kube_pod_container_resource_limits"],
     "MCCapacityWarning": ["mc_meetings_active", "mc_capacity_max_meetings"],
     "MCHighLatency": ["histogram_quantile(0.95", "mc_message_processing_duration_seconds_bucket"],
     "MCHotShard": ["quantile without (shard) (0.5"],

@@ -285,5 +285,10 @@ pub fn admin(args: AdminArgs) -> i32 {
         Ok(d) => d,
         Err(e) => return usage(format!("--timeout: {e}")),
     };
-    control::admin_cli(&args.url, &token, args.verb, timeout)
+    let output = if args.json {
+        control::AdminOutput::Json
+    } else {
+        control::AdminOutput::Table
+    };
+    control::admin_cli(&args.url, &token, args.verb, timeout, output)
 }

@@ -81,6 +81,10 @@ pub struct AdminArgs {
     /// Request timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+    /// Print the controller's JSON answer instead of a table (`list`, `shards`; the other
+    /// verbs always print JSON).
+    #[arg(long, global = true)]
+    pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub verb: AdminVerbArg,

@@ -130,7 +130,8 @@ pub struct Args {
     #[arg(long)]
     pub meeting_prefix: Option<String>,
 
-    /// Controller metrics URL (`http://host:port/metrics`) scraped before, during and after.
+    /// Controller metrics URL (`http://host:port/metrics`, or https) scraped before, during
+    /// and after.
     #[arg(long)]
     pub metrics_url: Option<String>,
 
@@ -141,6 +142,11 @@ pub struct Args {
     /// Write a latency-by-percentile SVG plot here.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+
+    /// Write an HdrHistogram interval log here: one interval per second, tagged `delivery`,
+    /// `join` and `handshake`, in microseconds (HdrHistogram's log tools read it).
+    #[arg(long)]
+    pub hlog: Option<PathBuf>,
 
     /// No per-second progress line.
     #[arg(long)]
@@ -251,6 +257,8 @@ pub struct Settings {
     pub json: bool,
     /// SVG output.
     pub plot: Option<PathBuf>,
+    /// HdrHistogram interval log output.
+    pub hlog: Option<PathBuf>,
     /// No progress line.
     pub quiet: bool,
     /// Leave rather than close at the end.
@@ -399,6 +407,7 @@ impl Args {
             metrics_url: self.metrics_url,
             json: self.json,
             plot: self.plot,
+            hlog: self.hlog,
             quiet: self.quiet,
             leave_at_end: self.leave_at_end,
         })
@@ -435,7 +444,8 @@ mod tests {
             &["--sender-fraction", "1.5"],
             &["--rate=-1"],
             &["--meeting-prefix", "a b"],
-            &["--metrics-url", "https://x/metrics"],
+            &["--metrics-url", "ftp://x/metrics"],
+            &["--metrics-url", "127.0.0.1:8080"],
             &["--signing-key", "k.pem", "--kid", ""],
             &["--server", "nowhere"],
         ] {

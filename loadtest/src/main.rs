@@ -6,6 +6,7 @@ mod accounting;
 mod cli;
 mod clock;
 mod cpu;
+mod hlog;
 mod inbound;
 mod kernel;
 mod limits;

@@ -1,102 +1,59 @@
-//! Scraping the controller's Prometheus `/metrics` over plain HTTP/1.1 (std `TcpStream`).
+//! Scraping the controller's Prometheus `/metrics` (with `ureq`, the HTTP client the controller
+//! itself uses for the GC link) and reading the figures the report needs.
 
-use std::io::{Read as _, Write as _};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-/// A parsed `http://host:port/path` URL.
+/// A checked metrics URL: `http://` or `https://`, a host, and a path (`/metrics` when the URL
+/// has none).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// `host:port`.
-    pub authority: String,
-    /// Path and query, starting with `/`.
-    pub path: String,
-}
+pub struct HttpUrl(String);
 
 impl HttpUrl {
-    /// Parses a plain-HTTP URL; the port defaults to 80 and the path to `/metrics`.
+    /// Checks `url` and fills in the default path.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("`{url}` is not an http:// URL"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/metrics"),
-        };
-        if authority.is_empty() {
+        let uri: ureq::http::Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(format!("`{url}` is not an http:// or https:// URL"));
+        }
+        if uri.host().is_none_or(str::is_empty) {
             return Err(format!("`{url}` has no host"));
         }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(Self {
-            authority,
-            path: path.to_owned(),
-        })
-    }
-}
-
-/// GETs `url` and returns the body.
-pub fn http_get(url: &HttpUrl, timeout: Duration) -> Result<String, String> {
-    let addr = url
-        .authority
-        .to_socket_addrs()
-        .map_err(|e| format!("{}: {e}", url.authority))?
-        .next()
-        .ok_or_else(|| format!("{}: no address", url.authority))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
-        url.path, url.authority
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("response has no header end")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let body = &raw[end + 4..];
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("HTTP status `{status}`"));
-    }
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
-        let size_field = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_field.split(';').next().unwrap_or("").trim(), 16);
-        let rest = &body[line_end + 2..];
-        let Ok(size) = size else { break };
-        if size == 0 || rest.len() < size {
-            break;
+        let path = uri.path_and_query().map_or("", |p| p.as_str());
+        if path.is_empty() || path == "/" {
+            let base = url.trim_end_matches('/');
+            return Ok(Self(format!("{base}/metrics")));
         }
-        out.extend_from_slice(&rest[..size]);
-        body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+        Ok(Self(url.to_owned()))
     }
-    out
+
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// GETs `url` and returns the body of a 200 answer.
+pub fn http_get(url: &HttpUrl, timeout: Duration) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(url.as_str())
+        .header("Accept", "text/plain")
+        .call()
+        .map_err(|e| format!("{}: {e}", url.as_str()))?;
+    if resp.status() != ureq::http::StatusCode::OK {
+        return Err(format!("{}: HTTP status {}", url.as_str(), resp.status()));
+    }
+    resp.body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .map_err(|e| format!("{}: {e}", url.as_str()))
 }
 
 /// One sample line: metric name, label pairs, value.
@@ -280,47 +237,62 @@ weird{a="x\"y",b="c,d"} 1e3 1700000000
     #[test]
     fn urls() {
         let u = HttpUrl::parse("http://127.0.0.1:8080/metrics").unwrap();
+        assert_eq!(u.as_str(), "http://127.0.0.1:8080/metrics");
         assert_eq!(
-            (u.authority.as_str(), u.path.as_str()),
-            ("127.0.0.1:8080", "/metrics")
+            HttpUrl::parse("http://localhost").unwrap().as_str(),
+            "http://localhost/metrics"
         );
-        let u = HttpUrl::parse("http://localhost").unwrap();
         assert_eq!(
-            (u.authority.as_str(), u.path.as_str()),
-            ("localhost:80", "/metrics")
+            HttpUrl::parse("http://localhost:9090/").unwrap().as_str(),
+            "http://localhost:9090/metrics"
         );
-        assert!(HttpUrl::parse("https://x/metrics").is_err());
+        assert_eq!(
+            HttpUrl::parse("https://mc.example/stats?x=1")
+                .unwrap()
+                .as_str(),
+            "https://mc.example/stats?x=1"
+        );
+        assert!(HttpUrl::parse("ftp://x/metrics").is_err());
         assert!(HttpUrl::parse("http:///metrics").is_err());
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            b"hello world"
-        );
+        assert!(HttpUrl::parse("localhost:8080").is_err());
     }
 
     #[test]
     fn fetches_over_tcp() {
+        use std::io::{Read as _, Write as _};
         use std::net::TcpListener;
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let server = std::thread::spawn(move || {
+            // A chunked answer, then a 503.
             let (mut s, _) = l.accept().unwrap();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).unwrap();
-            let body = "mc_connection_handoffs_total 9\n";
+            let n = s.read(&mut buf).unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).into_owned();
             write!(
                 s,
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+                 12\r\nmc_connection_hand\r\n0d\r\noffs_total 9\n\r\n0\r\n\r\n"
             )
             .unwrap();
+            drop(s);
+            let (mut s, _) = l.accept().unwrap();
+            let _ = s.read(&mut buf).unwrap();
+            write!(
+                s,
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .unwrap();
+            req
         });
         let url = HttpUrl::parse(&format!("http://{addr}/metrics")).unwrap();
         let f = ServerFigures::scrape(&url).unwrap();
         assert_eq!(f.handoffs, 9.0);
-        server.join().unwrap();
+        let e = ServerFigures::scrape(&url).unwrap_err();
+        assert!(e.contains("503"), "{e}");
+        let req = server.join().unwrap();
+        assert!(req.starts_with("GET /metrics HTTP/1.1\r\n"), "{req}");
+        // Nothing listens there any more.
+        assert!(ServerFigures::scrape(&url).is_err());
     }
 }

@@ -14,6 +14,7 @@ use crate::accounting::{tally, ReceiverLog, SenderLedger};
 use crate::cli::{KeySource, Settings, UsageError};
 use crate::clock::Clock;
 use crate::cpu::{self, ThreadUse};
+use crate::hlog::IntervalLog;
 use crate::kernel::UdpDrops;
 use crate::metrics::{HttpUrl, ServerFigures};
 use crate::plan::Plan;
@@ -147,6 +148,24 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
     let settings = Arc::new(settings);
     let clock = Clock::new();
     let t0 = Instant::now() + Duration::from_millis(200);
+    let mut hlog = match &settings.hlog {
+        Some(path) => {
+            let wall = std::time::UNIX_EPOCH + Duration::from_nanos(clock.unix_ns(t0));
+            let comment = format!(
+                "mc-loadtest {} over {} to {}",
+                settings.scenario.name(),
+                settings.transport.name(),
+                settings.server
+            );
+            Some(IntervalLog::create(path, t0, wall, &comment).map_err(|e| {
+                anyhow::Error::new(Usage(UsageError(format!(
+                    "--hlog: cannot create {}: {e}",
+                    path.display()
+                ))))
+            })?)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared::default());
     let (tick_tx, tick_rx) = crossbeam_channel::unbounded::<Tick>();
     let meeting_ids = Arc::new(plan.meeting_ids.clone());
@@ -192,8 +211,14 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
     loop {
         match tick_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(t) => {
+                if let Some(h) = &mut hlog {
+                    h.add(&t.latencies);
+                }
                 take_tick(t, &mut last, &mut live, &mut busy);
                 while let Ok(t) = tick_rx.try_recv() {
+                    if let Some(h) = &mut hlog {
+                        h.add(&t.latencies);
+                    }
                     take_tick(t, &mut last, &mut live, &mut busy);
                 }
             }
@@ -234,6 +259,9 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         }
         if now >= next_print {
             next_print += Duration::from_secs(1);
+            if let Some(h) = &mut hlog {
+                h.close_interval(now).map_err(|e| hlog_error(h, &e))?;
+            }
             let mut total = Counters::default();
             let mut errors = ErrorCounts::new();
             for t in last.iter().flatten() {
@@ -283,6 +311,15 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
     }
     if let Some(e) = failure {
         return Err(e.context("worker failed"));
+    }
+    if let Some(mut h) = hlog {
+        // The workers' last reports: what they recorded after their last tick.
+        while let Ok(t) = tick_rx.try_recv() {
+            h.add(&t.latencies);
+        }
+        let path = h.path().display().to_string();
+        h.finish(Instant::now())
+            .map_err(|e| anyhow::anyhow!("--hlog: writing {path}: {e}"))?;
     }
 
     let mut latencies = Latencies::new();
@@ -356,6 +393,11 @@ pub fn run(settings: Settings) -> anyhow::Result<Report> {
         kernel,
         generator: GeneratorReport::new(gen_start, gen_end, thread_use),
     })
+}
+
+/// A failed write of the interval log ends the run: the log would have a gap.
+fn hlog_error(h: &IntervalLog, e: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!("--hlog: writing {}: {e}", h.path().display())
 }
 
 /// A usage problem found after parsing (e.g. the key cannot be loaded): exit code 64.

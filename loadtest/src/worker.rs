@@ -471,6 +471,14 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         service_dirty(&mut ctx, &mut parts, &mut socks, &mut bufs, Instant::now());
     }
 
+    // The samples recorded since the last tick (the drain's last moments).
+    let _ = ticks.send(Tick {
+        thread: ctx.thread,
+        latencies: std::mem::take(&mut ctx.live),
+        counters: ctx.counters,
+        errors: ctx.errors.clone(),
+        cpu: cpu::thread_cpu(),
+    });
     let ledgers = parts
         .iter_mut()
         .filter(|p| !p.ledger.ranges.is_empty())

@@ -173,6 +173,7 @@ fn smoke(transport: &str) {
     let dev_dir = dir.join("dev");
     let server = start_server(&dev_dir);
     let plot = dir.join("latency.svg");
+    let hlog = dir.join("latency.hlog");
 
     let out = Command::new(bin)
         .args([
@@ -203,6 +204,8 @@ fn smoke(transport: &str) {
         .arg(format!("http://{}/metrics", server.control))
         .arg("--plot")
         .arg(&plot)
+        .arg("--hlog")
+        .arg(&hlog)
         .output()
         .expect("run mc-loadtest");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -266,8 +269,53 @@ fn smoke(transport: &str) {
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.starts_with("<svg") && svg.contains("delivery latency"));
 
+    // The interval log parses with HdrHistogram's reader and holds every sample: each of the
+    // 12 joins and handshakes once, and at least the measured window's deliveries.
+    let totals = read_hlog(&hlog);
+    assert_eq!(totals.get("join").copied(), Some(12), "{totals:?}");
+    assert_eq!(totals.get("handshake").copied(), Some(12), "{totals:?}");
+    let delivered = totals.get("delivery").copied().unwrap_or(0);
+    assert!(
+        delivered >= count(&report, &["latency", "delivery", "count"]),
+        "{totals:?} vs {report:#}"
+    );
+
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Samples per tag over all intervals of an HdrHistogram interval log; checks that every
+/// interval starts where the previous one of its tag ended.
+fn read_hlog(path: &Path) -> std::collections::BTreeMap<String, u64> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    let bytes = std::fs::read(path).expect("hlog written");
+    let mut de = hdrhistogram::serialization::Deserializer::new();
+    let mut totals = std::collections::BTreeMap::new();
+    let mut ends: std::collections::BTreeMap<String, Duration> = Default::default();
+    let mut base_time = false;
+    for entry in IntervalLogIterator::new(&bytes) {
+        match entry.expect("interval log line parses") {
+            LogEntry::BaseTime(_) => base_time = true,
+            LogEntry::StartTime(_) => {}
+            LogEntry::Interval(i) => {
+                let tag = i.tag().expect("tagged").as_str().to_owned();
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(i.encoded_histogram())
+                    .expect("base64");
+                let h: hdrhistogram::Histogram<u64> =
+                    de.deserialize(&mut raw.as_slice()).expect("histogram");
+                let end = ends.entry(tag.clone()).or_insert(Duration::ZERO);
+                // Contiguous, up to the log's millisecond rounding.
+                let gap = i.start_timestamp().abs_diff(*end);
+                assert!(gap <= Duration::from_millis(2), "{tag}: gap of {gap:?}");
+                *end = i.start_timestamp() + i.duration();
+                *totals.entry(tag).or_insert(0) += h.len();
+            }
+        }
+    }
+    assert!(base_time, "BaseTime header");
+    totals
 }
 
 #[test]
@@ -314,7 +362,10 @@ fn bad_flags_exit_with_usage_code() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid value 'meetigns'"), "{stderr}");
-    assert!(stderr.contains("Usage: mc-loadtest"), "{stderr}");
+    assert!(
+        stderr.contains("tip: a similar value exists: 'meetings'"),
+        "{stderr}"
+    );
 
     let out = Command::new(bin)
         .arg("--help")

@@ -31,6 +31,16 @@ pub enum AdminVerb {
     Shards,
 }
 
+/// How `mc admin` prints what the controller answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminOutput {
+    /// A table for `list` and `shards`, pretty JSON for the other verbs.
+    #[default]
+    Table,
+    /// The controller's JSON answer, pretty-printed, for every verb (`--json`).
+    Json,
+}
+
 /// Why an admin command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -69,6 +79,18 @@ pub fn admin_command(
     token: &str,
     verb: AdminVerb,
     timeout: Duration,
+) -> Result<String, AdminError> {
+    admin_command_as(url, token, verb, timeout, AdminOutput::Table)
+}
+
+/// [`admin_command`] with a choice of output: [`AdminOutput::Json`] returns the controller's
+/// JSON answer for every verb (what scripts parse).
+pub fn admin_command_as(
+    url: &str,
+    token: &str,
+    verb: AdminVerb,
+    timeout: Duration,
+    output: AdminOutput,
 ) -> Result<String, AdminError> {
     let base = url.trim_end_matches('/');
     let meeting_path = |id: &str| -> Result<String, AdminError> {
@@ -124,8 +146,8 @@ pub fn admin_command(
         });
     }
     match verb {
-        AdminVerb::List => meetings_table(&body),
-        AdminVerb::Shards => shards_table(&body),
+        AdminVerb::List if output == AdminOutput::Table => meetings_table(&body),
+        AdminVerb::Shards if output == AdminOutput::Table => shards_table(&body),
         _ => serde_json::to_string_pretty(&body)
             .map_err(|e| AdminError::InvalidResponse(e.to_string())),
     }
@@ -163,8 +185,14 @@ impl AdminError {
 
 /// `mc admin <verb>`: runs the verb, prints the result on stdout (or the error on stderr) and
 /// returns the exit code (0 on success, see [`AdminError::exit_code`]).
-pub fn admin_cli(url: &str, token: &str, verb: impl Into<AdminVerb>, timeout: Duration) -> i32 {
-    match admin_command(url, token, verb.into(), timeout) {
+pub fn admin_cli(
+    url: &str,
+    token: &str,
+    verb: impl Into<AdminVerb>,
+    timeout: Duration,
+    output: AdminOutput,
+) -> i32 {
+    match admin_command_as(url, token, verb.into(), timeout, output) {
         Ok(out) => {
             println!("{out}");
             0

@@ -38,7 +38,7 @@ mod metrics;
 mod procstat;
 mod shards;
 
-pub use admin::{admin_cli, admin_command, AdminError, AdminVerb};
+pub use admin::{admin_cli, admin_command, admin_command_as, AdminError, AdminOutput, AdminVerb};
 pub use gc::GcTiming;
 
 use gc::{GcCommand, GcWorker};

@@ -1,6 +1,7 @@
 //! Which CPUs the shards run on.
 //!
-//! Default: the CPUs in this process's affinity mask (`sched_getaffinity`) that are online.
+//! Default: the CPUs in this process's affinity mask (`sched_getaffinity`, through
+//! `core_affinity`) that are online.
 //! In a Kubernetes pod with the static CPU manager policy and integer CPU requests, the
 //! affinity mask is exactly the exclusive cores the kubelet assigned, so the MC starts one
 //! shard per assigned core. `--cpus` and `--shards` override.
@@ -26,23 +27,15 @@ pub enum CpuError {
     },
 }
 
-/// CPUs in the affinity mask of the calling thread.
+/// CPUs in the affinity mask of the calling thread (`core_affinity`, which reads it with
+/// `sched_getaffinity`). When the mask cannot be read (a seccomp filter that forbids the call,
+/// a kernel without it) the online CPUs stand in: [`usable_cpus`] then offers every online
+/// CPU, and `--cpus` still narrows it down.
 pub fn affinity_cpus() -> BTreeSet<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most sizeof(cpu_set_t).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
+    match core_affinity::get_core_ids() {
+        Some(ids) => ids.into_iter().map(|c| c.id).collect(),
+        None => online_cpus().unwrap_or_default(),
     }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: i < CPU_SETSIZE.
-        .filter(|i| unsafe { libc::CPU_ISSET(*i, &set) })
-        .collect()
 }
 
 /// Online CPUs from `/sys/devices/system/cpu/online` (None when unreadable).
@@ -95,6 +88,22 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinity_is_the_kernel_mask() {
+        // /proc/self/status holds the same mask as a list ("Cpus_allowed_list: 0-3,6").
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        let expected: BTreeSet<usize> = crate::config::parse_cpu_list(list)
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(affinity_cpus(), expected);
+    }
 
     #[test]
     fn usable_is_not_empty_and_within_affinity() {

@@ -129,6 +129,16 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
     let gc_token = secret_opt(&cfg.gc_token_file, "gc-token-file")?;
     let gc_inbound_token = secret_opt(&cfg.gc_inbound_token_file, "gc-inbound-token-file")?;
     let admin_token = secret_opt(&cfg.admin_token_file, "admin-token-file")?;
+    let gc_ca_certs = match &cfg.gc_ca_file {
+        None => Vec::new(),
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| {
+                Failure::Usage(format!("--gc-ca-file: cannot read {}: {e}", p.display()))
+            })?;
+            control::parse_ca_certs(&pem)
+                .map_err(|e| Failure::Usage(format!("--gc-ca-file: {}: {e}", p.display())))?
+        }
+    };
 
     let usable = cpus::usable_cpus();
     let chosen = cpus::select(&usable, cfg.cpus.as_deref(), cfg.shards)
@@ -198,6 +208,7 @@ fn build_and_run(cfg: Config) -> Result<i32, Failure> {
         control_listen: cfg.control_listen,
         gc_url: cfg.gc_url.clone(),
         gc_token,
+        gc_ca_certs,
         gc_inbound_token,
         admin_token,
         mc_id: cfg.mc_id.clone(),

@@ -235,6 +235,10 @@ pub struct ServeArgs {
     /// File with the bearer token for calls to the GC.
     #[arg(help_heading = "GC and control plane", long, env = "MC_GC_TOKEN_FILE")]
     pub gc_token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) an https:// GC's certificate is checked against,
+    /// instead of the public web roots.
+    #[arg(help_heading = "GC and control plane", long, env = "MC_GC_CA_FILE")]
+    pub gc_ca_file: Option<PathBuf>,
     /// File with the bearer token the GC uses to call us.
     #[arg(
         help_heading = "GC and control plane",
@@ -337,6 +341,7 @@ struct FileConfig {
     log_level: Option<String>,
     gc_url: Option<String>,
     gc_token_file: Option<PathBuf>,
+    gc_ca_file: Option<PathBuf>,
     gc_inbound_token_file: Option<PathBuf>,
     admin_token_file: Option<PathBuf>,
     binding_secret_file: Option<PathBuf>,
@@ -428,6 +433,8 @@ pub struct Config {
     pub gc_url: Option<String>,
     /// GC token file.
     pub gc_token_file: Option<PathBuf>,
+    /// CA certificates for an https:// GC (`None`: the public web roots).
+    pub gc_ca_file: Option<PathBuf>,
     /// Inbound GC token file.
     pub gc_inbound_token_file: Option<PathBuf>,
     /// Admin token file.
@@ -822,6 +829,7 @@ impl Config {
             },
             gc_url,
             gc_token_file: pick(args.gc_token_file, file.gc_token_file),
+            gc_ca_file: pick(args.gc_ca_file, file.gc_ca_file),
             gc_inbound_token_file: pick(args.gc_inbound_token_file, file.gc_inbound_token_file),
             admin_token_file: pick(args.admin_token_file, file.admin_token_file),
             binding_secret_file: pick(args.binding_secret_file, file.binding_secret_file),
@@ -889,6 +897,7 @@ impl Config {
         }
         for (name, v) in [
             ("gc-token-file", &self.gc_token_file),
+            ("gc-ca-file", &self.gc_ca_file),
             ("gc-inbound-token-file", &self.gc_inbound_token_file),
             ("admin-token-file", &self.admin_token_file),
             ("binding-secret-file", &self.binding_secret_file),
@@ -898,6 +907,16 @@ impl Config {
                     return err(format!("--{name}: {} is not a readable file", p.display()));
                 }
             }
+        }
+        if self.gc_ca_file.is_some()
+            && !self
+                .gc_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            return err(
+                "--gc-ca-file needs an https:// --gc-url (it verifies the GC's certificate)",
+            );
         }
         if self.gc_url.is_some() && self.gc_token_file.is_none() {
             return err("--gc-url needs --gc-token-file");
@@ -1064,6 +1083,14 @@ mod tests {
                 "--admin-token-file",
             ),
             (vec!["--dev", "--mc-id", "a b"], "--mc-id"),
+            (
+                vec!["--dev", "--gc-ca-file", "/nonexistent/ca.pem"],
+                "--gc-ca-file",
+            ),
+            (
+                vec!["--dev", "--gc-ca-file", "Cargo.toml"],
+                "needs an https:// --gc-url",
+            ),
         ] {
             let e = serve(&args).unwrap_err().to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

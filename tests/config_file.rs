@@ -33,6 +33,7 @@ const EXAMPLE_KEYS: &[&str] = &[
     "cpus",
     "gc_url",
     "gc_token_file",
+    "gc_ca_file",
     "gc_inbound_token_file",
     "admin_token_file",
     "mc_id",
@@ -194,10 +195,15 @@ fn uncommented_defaults_are_the_code_defaults() {
     let c = resolve(&["--config", p.to_str().unwrap()]).unwrap();
 
     // Exactly what the code resolves with no file at all. The file states the production
-    // log format (json); with dev on and nothing set, the code picks text.
+    // log format (json) and control address (all interfaces); with dev on and nothing set,
+    // the code picks text and loopback. The file's log filter is `info`, which the code picks
+    // too unless RUST_LOG is set.
     let mut base = resolve(&["--dev"]).unwrap();
     assert_eq!(base.log_format, LogFormat::Text);
     base.log_format = LogFormat::Json;
+    assert_eq!(base.control_listen, "127.0.0.1:8080".parse().unwrap());
+    base.control_listen = "0.0.0.0:8080".parse().unwrap();
+    base.log_level = "info".into();
     assert_eq!(format!("{c:?}"), format!("{base:?}"));
 
     // And the documented values themselves.
@@ -372,6 +378,10 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
     let unknown = dir.write("unknown.toml", "dev = true\nmailbox_sise = 77\n");
     let unknown = unknown.to_str().unwrap();
     let cpu = unusable_cpu().to_string();
+    let token = dir.write("gc-token", "secret\n");
+    let token = token.to_str().unwrap();
+    let not_pem = dir.write("ca.pem", "not a certificate\n");
+    let not_pem = not_pem.to_str().unwrap();
 
     #[allow(clippy::type_complexity)] // (name, args, env, expected stderr words)
     let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
@@ -437,6 +447,36 @@ fn bad_configuration_exits_64_with_one_line_naming_the_flag() {
             ],
             vec![],
             vec!["--log-level", "mc=loud"],
+        ),
+        (
+            "GC CA file without a certificate",
+            vec![
+                "serve",
+                "--dev",
+                "--dev-dir",
+                dev_dir,
+                "--gc-url",
+                "https://gc.test",
+                "--gc-token-file",
+                token,
+                "--gc-inbound-token-file",
+                token,
+                "--gc-ca-file",
+                not_pem,
+            ],
+            vec![],
+            vec!["--gc-ca-file", "no PEM CERTIFICATE block"],
+        ),
+        (
+            "GC CA file for a plain-HTTP GC",
+            vec!["serve", "--dev", "--dev-dir", dev_dir],
+            vec![
+                ("MC_GC_URL", "http://gc.test"),
+                ("MC_GC_TOKEN_FILE", token),
+                ("MC_GC_INBOUND_TOKEN_FILE", token),
+                ("MC_GC_CA_FILE", not_pem),
+            ],
+            vec!["--gc-ca-file needs an https:// --gc-url"],
         ),
         (
             "RUST_LOG that does not parse",

@@ -83,6 +83,7 @@ pub fn config(o: &RigOpts, gc_url: Option<String>) -> ControlConfig {
         control_listen: "127.0.0.1:0".parse().unwrap(),
         gc_url,
         gc_token: Some(GC_TOKEN.into()),
+        gc_ca_certs: Vec::new(),
         gc_inbound_token: o.inbound.then(|| INBOUND.into()),
         admin_token: o.admin.then(|| ADMIN.into()),
         mc_id: "mc-test-1".into(),

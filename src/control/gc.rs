@@ -409,12 +409,21 @@ impl GcWorker {
         events: Receiver<(ShardId, ShardEvent)>,
         commands: Receiver<GcCommand>,
     ) -> Self {
-        let agent = ureq::Agent::config_builder()
+        let mut agent = ureq::Agent::config_builder()
             .timeout_global(Some(shared.cfg.gc_timeout))
             .http_status_as_error(false)
-            .user_agent(format!("mc/{}", shared.cfg.version))
-            .build()
-            .into();
+            .user_agent(format!("mc/{}", shared.cfg.version));
+        if !shared.cfg.gc_ca_certs.is_empty() {
+            // A private CA replaces the public web roots for the GC link (`--gc-ca-file`).
+            agent = agent.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(
+                        &shared.cfg.gc_ca_certs,
+                    ))
+                    .build(),
+            );
+        }
+        let agent = agent.build().into();
         let base_url = shared
             .cfg
             .gc_url
@@ -782,6 +791,25 @@ impl GcWorker {
             );
         }
     }
+}
+
+/// The certificates of a PEM file (`--gc-ca-file`): at least one `CERTIFICATE` block, every
+/// block well-formed. Private keys and other blocks are refused: the file is public material.
+pub fn parse_ca_certs(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item.map_err(|e| format!("not a PEM file: {e}"))? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c),
+            ureq::tls::PemItem::PrivateKey(_) => {
+                return Err("holds a private key; give only the CA certificate(s)".into())
+            }
+            _ => return Err("holds a PEM block that is not a certificate".into()),
+        }
+    }
+    if certs.is_empty() {
+        return Err("holds no PEM CERTIFICATE block".into());
+    }
+    Ok(certs)
 }
 
 fn is_timeout(e: &ureq::Error) -> bool {

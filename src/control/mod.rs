@@ -39,7 +39,7 @@ mod procstat;
 mod shards;
 
 pub use admin::{admin_cli, admin_command, admin_command_as, AdminError, AdminOutput, AdminVerb};
-pub use gc::GcTiming;
+pub use gc::{parse_ca_certs, GcTiming};
 
 use gc::{GcCommand, GcWorker};
 use metrics::{Facts, Metrics};
@@ -63,6 +63,8 @@ pub struct ControlConfig {
     pub gc_url: Option<String>,
     /// Bearer token for calls to the GC.
     pub gc_token: Option<String>,
+    /// Trust roots for an https:// GC (`--gc-ca-file`); empty = the public web roots.
+    pub gc_ca_certs: Vec<ureq::tls::Certificate<'static>>,
     /// Bearer token the GC presents on `POST /internal/v1/meetings`; `None` = endpoint disabled.
     pub gc_inbound_token: Option<String>,
     /// Admin API bearer token; `None` = admin API disabled (404).
@@ -96,6 +98,7 @@ impl fmt::Debug for ControlConfig {
             .field("control_listen", &self.control_listen)
             .field("gc_url", &self.gc_url)
             .field("gc_token", &redact(&self.gc_token))
+            .field("gc_ca_certs", &self.gc_ca_certs.len())
             .field("gc_inbound_token", &redact(&self.gc_inbound_token))
             .field("admin_token", &redact(&self.admin_token))
             .field("mc_id", &self.mc_id)
@@ -766,6 +769,7 @@ mod tests {
             control_listen: listen.parse().unwrap(),
             gc_url: None,
             gc_token: Some("t".into()),
+            gc_ca_certs: Vec::new(),
             gc_inbound_token: None,
             admin_token: Some("a".into()),
             mc_id: "mc-1".into(),

@@ -32,3 +32,8 @@ if [ "${MC_BOOTSTRAP_TEST_TOOLS:-0}" = 1 ] && ! cargo nextest --version >/dev/nu
   echo "bootstrap: installing cargo-nextest"
   cargo install --locked cargo-nextest >/dev/null
 fi
+if [ "${MC_BOOTSTRAP_TEST_TOOLS:-0}" = 1 ] && ! cargo deny --version >/dev/null 2>&1; then
+  # Built from source here (crates.io), like cargo-nextest: the dependency-policy stage.
+  echo "bootstrap: installing cargo-deny"
+  cargo install --locked cargo-deny >/dev/null
+fi

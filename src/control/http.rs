@@ -90,6 +90,10 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<S
         };
         let task = tokio::spawn(serve(Arc::clone(&shared), stream, peer, key));
         shared.admission().attach(key, task.abort_handle());
+        // Let the new connection read its request before the next accept: a flood's queued
+        // connections are then admitted one at a time behind it, so a probe is served before
+        // any of them could evict it.
+        tokio::task::yield_now().await;
     }
 }
 

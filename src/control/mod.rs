@@ -527,10 +527,19 @@ pub fn start_with(
     })
 }
 
+/// Length of the control listener's accept queue. A connection flood makes the kernel queue
+/// newcomers faster than they are accepted for a moment; a short queue (std's 128) would drop
+/// a probe's SYN then, and its retry comes a second later.
+const ACCEPT_BACKLOG: i32 = 4096;
+
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn serve(

@@ -432,3 +432,51 @@ fn unknown_paths_and_methods() {
         404
     );
 }
+
+#[test]
+fn requests_waiting_on_shards_are_bounded_and_the_probes_still_answer() {
+    let rig = rig(RigOpts {
+        shards: 2,
+        stale_after: Duration::from_secs(30),
+        ..RigOpts::default()
+    });
+    for s in 0..2 {
+        rig.shards.set_stuck(s, true);
+    }
+    // 40 admin listings at once, each waiting 2 s on the stuck shards: 32 may wait, the rest
+    // are refused at once.
+    let url = rig.url();
+    let listings: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || raw_http(&url, "GET", "/admin/meetings", Some(ADMIN), None))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Meanwhile the probes answer.
+    assert_eq!(http(&rig, "GET", "/health", None, None).0, 200);
+    assert_eq!(http(&rig, "GET", "/ready", None, None).0, 200);
+    let mut busy = 0;
+    for t in listings {
+        let (status, body) = t.join().unwrap();
+        match status {
+            200 => {}
+            503 => {
+                assert_eq!(json(&body)["error"], "busy", "{body}");
+                busy += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    // All 40 overlap unless the machine delays some by seconds: 8 refused, never more.
+    assert!((1..=8).contains(&busy), "{busy} refused");
+    for s in 0..2 {
+        rig.shards.set_stuck(s, false);
+    }
+    assert_eq!(
+        rig.metric("mc_control_refusals_total", &[("reason", "busy")]),
+        Some(f64::from(busy))
+    );
+    // Capacity is back once they are answered.
+    assert_eq!(http(&rig, "GET", "/metrics", None, None).0, 200);
+}

@@ -64,6 +64,8 @@ pub fn timing(stale_after: Duration) -> ControlTiming {
         close_wait: Duration::from_millis(500),
         gc_flush: Duration::from_secs(3),
         http_header_timeout: Duration::from_secs(5),
+        http_first_request_timeout: Duration::from_secs(2),
+        refusal_log_interval: Duration::from_secs(10),
         gc: GcTiming {
             backoff_base: Duration::from_millis(20),
             backoff_cap: Duration::from_millis(200),

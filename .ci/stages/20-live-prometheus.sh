@@ -17,5 +17,18 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 grep '^listening ' "$dir/mc.out"
+# A connection flood on the control port (500 silent, then 500 dripping connections) while
+# Prometheus scrapes: probes answer within 1 s, scrapes and rule evaluation carry on, the
+# refusals reach Prometheus, and the log gets summary lines only (docs/security.md).
+python3 tests/deploy/control_flood.py --control "127.0.0.1:$port_ctl" --seconds 40 >"$dir/flood.out" 2>&1 &
+flood=$!
 tests/deploy/check_live_metrics.sh "http://127.0.0.1:$port_ctl/metrics"
-tests/deploy/prometheus_live.sh "127.0.0.1:$port_ctl"
+PROM_EXTRA_QUERIES='mc_control_refusals_total{reason="peer_limit"} > 0' \
+  tests/deploy/prometheus_live.sh "127.0.0.1:$port_ctl"
+flood_rc=0
+wait "$flood" || flood_rc=$?
+cat "$dir/flood.out"
+[ "$flood_rc" = 0 ] || { echo "control port flood: probes failed"; exit 1; }
+summaries=$(grep -c "control port:" "$dir/mc.out" || true)
+echo "control port summary log lines during the flood: $summaries"
+[ "$summaries" -ge 1 ] && [ "$summaries" -le 8 ] || { echo "expected 1..8 summary lines"; exit 1; }

@@ -9,14 +9,15 @@
 //! Every body is JSON (except `/metrics`); request bodies are capped at [`MAX_BODY`].
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::admission::{ConnKey, Refusal};
 use super::shards::ShardView;
 use super::{auth, blocking, metrics, DrainSource, Shared};
 use crate::core::ids::MeetingId;
@@ -34,8 +36,10 @@ use crate::runtime::link::{LinkError, ShardReply, ShardRequest, ACTOR_TYPES};
 
 /// Largest accepted request body.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
-/// Concurrent control connections; more are closed at once.
-const MAX_CONNECTIONS: usize = 256;
+/// Requests that may wait on shards or the GC at once (`/metrics`, `/admin/*`, assignments);
+/// more answer `503 busy`. `/health` and `/ready` never wait and are not counted. Bounding these
+/// bounds the connections that cannot be evicted (see `admission`).
+pub(crate) const MAX_WAITING_REQUESTS: usize = 32;
 /// Media handlers per assignment.
 pub(crate) const MAX_MEDIA_HANDLERS: usize = 16;
 /// Length of a media handler id.
@@ -45,37 +49,135 @@ const MAX_HANDLER_URL_LEN: usize = 2048;
 
 type Resp = Response<Full<Bytes>>;
 
-/// Accepts connections until the task is aborted.
+/// Accepts connections until the task is aborted. Admission (table, per-address share,
+/// eviction of idle connections) is `admission`'s; this loop carries it out.
 pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let summaries = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(shared.timing.refusal_log_interval).await;
+                shared.flush_refusal_log();
+            }
+        })
+    };
+    // Aborting this task (shutdown) also stops the summary task.
+    let _summaries = AbortOnDrop(summaries.abort_handle());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "control accept failed");
+                tracing::debug!(error = %e, "control accept failed");
+                shared.refused(Refusal::AcceptError);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "too many control connections; closing");
-            continue;
+        let (admitted, evicted) = shared.admission().admit(peer.ip(), Instant::now());
+        for ev in evicted {
+            if let Some(h) = ev.handle {
+                h.abort();
+            }
+            shared.refused(ev.reason);
+        }
+        let key = match admitted {
+            Ok(k) => k,
+            Err(reason) => {
+                shared.refused(reason);
+                continue; // dropping the stream closes it
+            }
         };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            let header_timeout = shared.timing.http_header_timeout;
-            let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+        let task = tokio::spawn(serve(Arc::clone(&shared), stream, peer, key));
+        shared.admission().attach(key, task.abort_handle());
+        // Let the new connection read its request before the next accept: a flood's queued
+        // connections are then admitted one at a time behind it, so a probe is served before
+        // any of them could evict it.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Releases a connection's table entry when its task ends or is aborted.
+struct Admitted {
+    shared: Arc<Shared>,
+    key: ConnKey,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.admission().release(self.key);
+    }
+}
+
+/// Marks a connection busy for the life of one request handler.
+struct InRequest {
+    shared: Arc<Shared>,
+    key: ConnKey,
+}
+
+impl InRequest {
+    fn begin(shared: Arc<Shared>, key: ConnKey) -> Self {
+        shared.admission().begin_request(key);
+        Self { shared, key }
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        self.shared
+            .admission()
+            .end_request(self.key, Instant::now());
+    }
+}
+
+/// Serves one admitted connection: HTTP/1.1 with keep-alive, closed if its first request has
+/// not arrived within the first-request deadline.
+async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketAddr, key: ConnKey) {
+    let _admitted = Admitted {
+        shared: Arc::clone(&shared),
+        key,
+    };
+    let header_timeout = shared.timing.http_header_timeout;
+    let first_deadline = shared.timing.http_first_request_timeout;
+    let svc_shared = Arc::clone(&shared);
+    let svc = service_fn(move |req| {
+        let shared = Arc::clone(&svc_shared);
+        async move {
+            let _busy = InRequest::begin(Arc::clone(&shared), key);
+            handle(shared, req).await
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let first_request = async {
+        tokio::time::sleep(first_deadline).await;
+        if shared.admission().started(key) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = &mut conn => {
+            if let Err(e) = r {
                 tracing::debug!(peer = %peer, error = %e, "control connection ended with an error");
             }
-            drop(permit);
-        });
+        }
+        () = first_request => {
+            shared.refused(Refusal::FirstRequestTimeout);
+        }
     }
 }
 
@@ -167,6 +269,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
         ));
     }
     let path = req.uri().path().to_owned();
+    // Everything but the probes may wait on shards or the GC: bounded, so waiting requests
+    // can never hold the connection table (the probes answer from memory).
+    let gate = Arc::clone(&shared);
+    let _waiting = match path.as_str() {
+        "/health" | "/ready" => None,
+        _ => match gate.waiting.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                shared.refused(Refusal::Busy);
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many control requests in progress; retry shortly",
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(r);
+            }
+        },
+    };
     let resp = match path.as_str() {
         "/health" => match *req.method() {
             Method::GET => health(&shared),

@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::admission::Refusal;
 use super::gc::{CallStatus, HeartbeatKind};
 use super::shards::{ShardPool, ShardView};
 use crate::runtime::link::{LatencySnapshot, ACTOR_TYPES, LATENCY_BUCKETS};
@@ -71,6 +72,7 @@ pub(crate) struct Metrics {
     heartbeat_duration: Family<Labels1, Histogram, fn() -> Histogram>,
     registrations: Family<Labels1, Counter>,
     notifications: Family<Labels1, Counter>,
+    refusals: Family<Labels1, Counter>,
 }
 
 /// Static facts encoded with the shard figures.
@@ -94,6 +96,10 @@ impl Metrics {
             });
         let registrations = Family::<Labels1, Counter>::default();
         let notifications = Family::<Labels1, Counter>::default();
+        let refusals = Family::<Labels1, Counter>::default();
+        for r in Refusal::ALL {
+            let _ = refusals.get_or_create(&[("reason", r.as_str())]);
+        }
         for kind in [HeartbeatKind::Fast, HeartbeatKind::Comprehensive] {
             for status in CallStatus::ALL {
                 let _ = heartbeats
@@ -127,6 +133,11 @@ impl Metrics {
             "Meeting-ended notifications to the GC, by outcome (dropped = given up or queue full)",
             notifications.clone(),
         );
+        registry.register(
+            "mc_control_refusals",
+            "Control HTTP connections closed unanswered and requests refused, by reason",
+            refusals.clone(),
+        );
         registry.register_collector(Box::new(ShardCollector { pool, facts }));
         registry.register_collector(Box::new(ProcessCollector {
             start_time: super::procstat::start_time_seconds(),
@@ -137,6 +148,7 @@ impl Metrics {
             heartbeat_duration,
             registrations,
             notifications,
+            refusals,
         }
     }
 
@@ -159,6 +171,10 @@ impl Metrics {
         self.notifications
             .get_or_create(&[("status", status)])
             .inc();
+    }
+
+    pub fn control_refusal(&self, r: Refusal) {
+        self.refusals.get_or_create(&[("reason", r.as_str())]).inc();
     }
 
     /// The exposition text (call after refreshing the shard snapshots).

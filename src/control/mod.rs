@@ -29,6 +29,7 @@ use crate::core::router::Router;
 use crate::runtime::link::{RuntimeLink, ShardReply, ShardRequest};
 
 pub mod admin;
+mod admission;
 mod auth;
 pub mod fake_gc;
 pub mod fake_shards;
@@ -133,8 +134,13 @@ pub struct ControlTiming {
     pub close_wait: Duration,
     /// Drain: how long the GC client may spend delivering the last meeting-ended notifications.
     pub gc_flush: Duration,
-    /// HTTP: time allowed to send request headers.
+    /// HTTP: time allowed to send the headers of a request after the first.
     pub http_header_timeout: Duration,
+    /// HTTP: time a new connection has to deliver its first request (headers); a connection
+    /// that sends nothing, or drips, is closed after it.
+    pub http_first_request_timeout: Duration,
+    /// At most one log line per this interval summarises refused and unanswered connections.
+    pub refusal_log_interval: Duration,
     /// GC client timings.
     pub gc: GcTiming,
 }
@@ -150,6 +156,8 @@ impl Default for ControlTiming {
             close_wait: Duration::from_secs(2),
             gc_flush: Duration::from_secs(3),
             http_header_timeout: Duration::from_secs(10),
+            http_first_request_timeout: Duration::from_secs(2),
+            refusal_log_interval: Duration::from_secs(10),
             gc: GcTiming::default(),
         }
     }
@@ -197,6 +205,12 @@ pub(crate) struct Shared {
     pub gc_tx: crossbeam_channel::Sender<GcCommand>,
     /// Serialises assignments so the controller-wide capacity check sees its own decisions.
     pub assign_lock: tokio::sync::Mutex<()>,
+    /// Control HTTP connections held (see `admission`).
+    pub admission: Mutex<admission::Admission<tokio::task::AbortHandle>>,
+    /// Summary lines of refused connections.
+    pub refusal_log: Mutex<admission::RefusalLog>,
+    /// Requests that may wait on shards or the GC at once.
+    pub waiting: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -227,6 +241,7 @@ impl Shared {
                 stale_after: timing.health_stale_after,
             },
         );
+        let refusal_log = Mutex::new(admission::RefusalLog::new(timing.refusal_log_interval));
         Self {
             cfg,
             timing,
@@ -238,6 +253,41 @@ impl Shared {
             metrics,
             gc_tx,
             assign_lock: tokio::sync::Mutex::new(()),
+            admission: Mutex::new(admission::Admission::new()),
+            refusal_log,
+            waiting: tokio::sync::Semaphore::new(http::MAX_WAITING_REQUESTS),
+        }
+    }
+
+    /// The connection table.
+    fn admission(
+        &self,
+    ) -> std::sync::MutexGuard<'_, admission::Admission<tokio::task::AbortHandle>> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a refusal and writes the summary line when one is due.
+    fn refused(&self, r: admission::Refusal) {
+        self.metrics.control_refusal(r);
+        let due = self
+            .refusal_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(r, Instant::now());
+        if let Some(s) = due {
+            log_refusals(s, self.timing.refusal_log_interval);
+        }
+    }
+
+    /// Writes the summary line of refusals not logged yet, when one is due.
+    fn flush_refusal_log(&self) {
+        let due = self
+            .refusal_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .due(Instant::now());
+        if let Some(s) = due {
+            log_refusals(s, self.timing.refusal_log_interval);
         }
     }
 
@@ -328,6 +378,20 @@ impl Shared {
             );
         }
     }
+}
+
+fn log_refusals(s: admission::RefusalSummary, interval: Duration) {
+    use admission::Refusal as R;
+    tracing::warn!(
+        first_request_timeout = s.of(R::FirstRequestTimeout),
+        evicted = s.of(R::Evicted),
+        peer_limit = s.of(R::PeerLimit),
+        table_full = s.of(R::TableFull),
+        busy = s.of(R::Busy),
+        accept_error = s.of(R::AcceptError),
+        at_most_every_s = interval.as_secs_f64(),
+        "control port: connections closed unanswered or refused since the last summary (see mc_control_refusals_total)"
+    );
 }
 
 /// `/admin/undrain` during a SIGTERM drain.
@@ -466,10 +530,19 @@ pub fn start_with(
     })
 }
 
+/// Length of the control listener's accept queue. A connection flood makes the kernel queue
+/// newcomers faster than they are accepted for a moment; a short queue (std's 128) would drop
+/// a probe's SYN then, and its retry comes a second later.
+const ACCEPT_BACKLOG: i32 = 4096;
+
 fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn serve(

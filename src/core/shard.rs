@@ -268,6 +268,9 @@ struct Conn {
     refilled: Instant,
     strikes: u32,
     opened: Instant,
+    /// The meeting the transport already names (the WebTransport session path): a join must
+    /// name the same one.
+    session_meeting: Option<MeetingId>,
 }
 
 impl Conn {
@@ -282,6 +285,7 @@ impl Conn {
             refilled: now,
             strikes: 0,
             opened: now,
+            session_meeting: None,
         }
     }
 }
@@ -359,6 +363,15 @@ impl Shard {
             now.mono + self.cfg.join_timeout,
             Timer::JoinTimeout(conn),
         )));
+    }
+
+    /// `conn`'s transport names its meeting (a WebTransport session to `/meetings/{id}`): its
+    /// join must name the same meeting, else it is refused with `invalid_request` and close
+    /// `0x101` before any token check or handoff.
+    pub fn bind_session_meeting(&mut self, conn: ConnId, meeting: MeetingId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.session_meeting = Some(meeting);
+        }
     }
 
     /// Bytes arrived on `conn`'s signaling stream.
@@ -961,6 +974,16 @@ impl Shard {
                 return;
             }
         };
+        let session = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.session_meeting.as_ref());
+        if let Some(path) = session.filter(|path| **path != meeting) {
+            let message =
+                format!("meeting_id {meeting} does not match the session path /meetings/{path}");
+            self.bad_join(conn, &message, request_id);
+            return;
+        }
         if display_name.len() > MAX_DISPLAY_NAME_BYTES {
             self.bad_join(conn, "display_name is longer than 256 bytes", request_id);
             return;

@@ -969,3 +969,70 @@ fn json_len_counts_exactly_what_serialization_writes() {
         Some(serde_json::to_vec(&msg).expect("serializes").len())
     );
 }
+
+#[test]
+fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff() {
+    let mut h = Harness::new(ShardConfig::for_tests(ShardId(0), 4));
+    let router = Router::new(4);
+    let mine = (0..100)
+        .map(|i| format!("m{i}"))
+        .find(|m| router.shard_for_str(m) == ShardId(0))
+        .unwrap();
+    let foreign = (0..100)
+        .map(|i| format!("m{i}"))
+        .find(|m| router.shard_for_str(m) != ShardId(0))
+        .unwrap();
+    let c = h.open();
+    h.shard
+        .bind_session_meeting(c, MeetingId::parse(&mine).unwrap());
+    // A valid token for the other meeting: the mismatch is refused before the token matters.
+    let token = h.token(&foreign, Role::Host);
+    h.send(
+        c,
+        &ClientMessage::Join {
+            meeting_id: foreign.clone(),
+            token,
+            display_name: "x".into(),
+            request_id: Some("r1".into()),
+            resume: None,
+        },
+    );
+    let msgs = h.recv(c);
+    assert_eq!(error_code(&msgs[0]), Some(ErrorCode::InvalidRequest));
+    let ServerMessage::Error {
+        message,
+        request_id,
+        ..
+    } = &msgs[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(request_id.as_deref(), Some("r1"));
+    assert!(
+        message.contains("does not match the session path"),
+        "{message}"
+    );
+    let actions = h.actions();
+    assert!(actions.iter().all(|a| !matches!(a, Action::Handoff { .. })));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Close {
+            code: close_code::PROTOCOL,
+            ..
+        }
+    )));
+    let stats = h.shard.stats();
+    assert_eq!(stats.joins.get("invalid_request"), Some(&1));
+    assert_eq!(stats.joins.get("handoff"), Some(&0));
+    assert_eq!(stats.token_failures.values().sum::<u64>(), 0);
+
+    // The session's own meeting joins as usual.
+    let c2 = h.open();
+    h.shard
+        .bind_session_meeting(c2, MeetingId::parse(&mine).unwrap());
+    let msgs = h.join(c2, &mine, Role::Host);
+    assert!(
+        matches!(msgs[0], ServerMessage::JoinResponse { .. }),
+        "{msgs:?}"
+    );
+}

@@ -3,9 +3,13 @@
 //
 //   node tests/browser/run.mjs --url https://localhost:4433/meetings/m1 --hash <cert sha-256> \
 //        --token <jwt> [--token2 <jwt>] [--chromium /usr/bin/chromium] [--timeout 30]
+//   node tests/browser/run.mjs --page close-codes.html --url https://127.0.0.1:4433/meetings/ \
+//        --hash <cert sha-256> --param token_leave=<jwt> --param token_frame=<jwt> ...
 //
 // Without --token2 the page joins alone and expects a participant already in the meeting
 // (e.g. a native QUIC client) to be in its roster and to send it a `message`.
+// --page picks another page of this directory (default join.html); --param KEY=VALUE
+// (repeatable) adds a query parameter for it.
 //
 // No npm packages: a local HTTP server on 127.0.0.1 serves the page (a secure context, as
 // WebTransport requires) and receives the page's JSON result by POST. Exit code 0 on PASS, 1 on
@@ -19,15 +23,32 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const args = {};
+const params = [];
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   if (!argv[i].startsWith("--") || i + 1 >= argv.length) {
     console.error(`bad argument ${argv[i]}`);
     process.exit(64);
   }
-  args[argv[i].slice(2)] = argv[++i];
+  const key = argv[i].slice(2);
+  const value = argv[++i];
+  if (key === "param") {
+    const eq = value.indexOf("=");
+    if (eq < 1) {
+      console.error(`bad --param ${value}: want KEY=VALUE`);
+      process.exit(64);
+    }
+    params.push([value.slice(0, eq), value.slice(eq + 1)]);
+  } else {
+    args[key] = value;
+  }
 }
-for (const need of ["url", "token"]) {
+const pageName = args.page || "join.html";
+if (!/^[a-z0-9-]+\.html$/.test(pageName)) {
+  console.error(`bad --page ${pageName}`);
+  process.exit(64);
+}
+for (const need of pageName === "join.html" ? ["url", "token"] : ["url"]) {
   if (!args[need]) {
     console.error(`missing --${need}`);
     process.exit(64);
@@ -35,7 +56,7 @@ for (const need of ["url", "token"]) {
 }
 const chromium = args.chromium || process.env.CHROMIUM || "/usr/bin/chromium";
 const timeoutMs = Number(args.timeout || 30) * 1000;
-const page = readFileSync(join(dirname(fileURLToPath(import.meta.url)), "join.html"));
+const page = readFileSync(join(dirname(fileURLToPath(import.meta.url)), pageName));
 
 let finish;
 const done = new Promise((resolve) => { finish = resolve; });
@@ -50,7 +71,7 @@ const http = createServer((req, res) => {
     });
     return;
   }
-  if (req.method === "GET" && req.url.startsWith("/join.html")) {
+  if (req.method === "GET" && req.url.startsWith(`/${pageName}`)) {
     res.setHeader("content-type", "text/html; charset=utf-8");
     res.end(page);
     return;
@@ -61,11 +82,12 @@ const http = createServer((req, res) => {
 await new Promise((r) => http.listen(0, "127.0.0.1", r));
 const port = http.address().port;
 
-const q = new URLSearchParams({ url: args.url, token: args.token, token2: args.token2 || "",
+const q = new URLSearchParams({ url: args.url, token: args.token || "", token2: args.token2 || "",
   report: `http://127.0.0.1:${port}/result` });
 if (args.hash) q.set("hash", args.hash);
 if (args.meeting) q.set("meeting", args.meeting);
-const pageUrl = `http://127.0.0.1:${port}/join.html?${q}`;
+for (const [k, v] of params) q.set(k, v);
+const pageUrl = `http://127.0.0.1:${port}/${pageName}?${q}`;
 
 const profile = mkdtempSync(join(tmpdir(), "mc-chromium-"));
 const browser = spawn(chromium, [

@@ -14,7 +14,8 @@
 #      (no evaluation errors) in /api/v1/rules.
 # The server and its temporary directory are removed on exit (trap).
 # Environment: PROMETHEUS (binary, default `prometheus`), PROM_WAIT (seconds for
-# each wait, default 90; rule groups evaluate every 30 s).
+# each wait, default 90; rule groups evaluate every 30 s), PROM_EXTRA_QUERIES
+# (more queries that must return data, one per line).
 # Exit status: 0 when every check passes, 1 otherwise, 2 on usage errors.
 set -euo pipefail
 
@@ -138,6 +139,15 @@ for q in 'sum by(actor_type) (mc_actor_mailbox_depth)' 'mc_meetings_active'; do
         fail "query returns data: $q" "empty result"
     fi
 done
+
+while IFS= read -r q; do
+    [[ -n $q ]] || continue
+    if wait_for "$data_wait" has_data "$q"; then
+        pass "query returns data: $q"
+    else
+        fail "query returns data: $q" "empty result"
+    fi
+done <<<"${PROM_EXTRA_QUERIES:-}"
 
 # Rules: every group evaluated at least once, every rule healthy.
 rules_state() {

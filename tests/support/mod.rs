@@ -21,6 +21,8 @@ pub struct Server {
     pub dev_dir: PathBuf,
     pub signer: TokenSigner,
     pub stdout_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The server's log (stderr), also passed through to the test's stderr.
+    pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub fn unique_dir(tag: &str) -> PathBuf {
@@ -56,8 +58,17 @@ impl Server {
         .arg(std::env::var("MC_TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn mc");
+        let stderr = child.stderr.take().unwrap();
+        let err_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err_lines2 = err_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                err_lines2.lock().unwrap().push(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -91,6 +102,7 @@ impl Server {
             dev_dir,
             signer,
             stdout_lines: lines,
+            stderr_lines: err_lines,
         }
     }
 

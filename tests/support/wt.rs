@@ -99,6 +99,27 @@ impl WtClient {
         self.pump();
     }
 
+    /// Writes raw bytes on the WebTransport stream (malformed frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let stream = self.stream.expect("no WebTransport stream");
+        assert!(self.h3.send_stream_data(stream, bytes, false));
+        self.pump();
+    }
+
+    /// Waits until the QUIC connection is closed; returns the session close capsule's
+    /// `(code, reason)` if one arrived before, and the connection's close code.
+    pub fn wait_closed(&mut self, timeout: Duration) -> (Option<(u32, String)>, Option<u64>) {
+        let deadline = Instant::now() + timeout;
+        while !self.conn.is_closed() && Instant::now() < deadline {
+            self.io(Duration::from_millis(5));
+        }
+        assert!(
+            self.conn.is_closed(),
+            "the server did not close the connection"
+        );
+        (self.closed_session.clone(), self.peer_error_code())
+    }
+
     pub fn expect(&mut self, what: &str, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -44,6 +44,7 @@ impl Endpoint {
                     stream: None,
                     pending: VecDeque::new(),
                     requested: None,
+                    meeting: None,
                 }));
             }
             self.core.handle_connection_opened(id, t);
@@ -127,7 +128,7 @@ impl Endpoint {
 
     pub(super) fn close_conn(&mut self, id: ConnId, code: u64, reason: &[u8]) {
         if let Some(e) = self.conns.get_mut(&id) {
-            let _ = e.conn.close(true, code, reason);
+            let _ = e.conn.close(true, quic_close_code(&e.app, code), reason);
             self.dirty.insert(id);
         }
     }
@@ -147,6 +148,7 @@ impl Endpoint {
                                 fin_sent: false,
                                 close_after: None,
                                 hard_deadline: t.mono + Duration::from_secs(2),
+                                session_closed: false,
                             });
                             self.closing.insert(conn);
                             self.dirty.insert(conn);
@@ -203,13 +205,7 @@ impl Endpoint {
             {
                 {
                     c.fin_sent = true;
-                    let rtt = e
-                        .conn
-                        .path_stats()
-                        .next()
-                        .map_or(Duration::from_millis(100), |p| p.rtt);
-                    let grace = (rtt * 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
-                    c.close_after = Some(t.mono + grace);
+                    c.close_after = Some(t.mono + close_grace(&e.conn));
                 }
             }
         }
@@ -247,10 +243,30 @@ impl Endpoint {
                 self.closing.remove(&id);
                 continue;
             };
-            let Some(c) = &e.closing else { continue };
+            let Some(c) = &mut e.closing else { continue };
             let due = c.close_after.is_some_and(|a| t.mono >= a) || t.mono >= c.hard_deadline;
             if due && !e.conn.is_closed() && !e.conn.is_draining() {
-                let _ = e.conn.close(true, c.code, c.reason.as_bytes());
+                // WebTransport: end the session first, with the signaling code and reason in
+                // its CLOSE_WEBTRANSPORT_SESSION capsule (what a browser's `closed` reports),
+                // and close the connection a grace later, once the capsule got there.
+                if let App::Wt(wt) = &mut e.app {
+                    if !c.session_closed {
+                        c.session_closed = true;
+                        let code = u32::try_from(c.code).unwrap_or(u32::MAX);
+                        if wt
+                            .session
+                            .is_some_and(|s| wt.h3.close_session(s, code, c.reason))
+                        {
+                            let at = t.mono + close_grace(&e.conn);
+                            c.close_after = Some(at);
+                            c.hard_deadline = c.hard_deadline.max(at);
+                            self.dirty.insert(id);
+                            continue;
+                        }
+                    }
+                }
+                let code = quic_close_code(&e.app, c.code);
+                let _ = e.conn.close(true, code, c.reason.as_bytes());
                 self.closing.remove(&id);
                 self.dirty.insert(id);
             } else if !c.fin_sent {
@@ -373,5 +389,27 @@ impl Endpoint {
         self.closing.remove(&id);
         self.core.handle_connection_closed(id, t);
         self.drive(t);
+    }
+}
+
+/// Time between the last signaling bytes (or the session close capsule) and the next close
+/// step: about three round trips, so they are delivered and acknowledged first.
+fn close_grace(conn: &quiche::Connection) -> Duration {
+    let rtt = conn
+        .path_stats()
+        .next()
+        .map_or(Duration::from_millis(100), |p| p.rtt);
+    (rtt * 3).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// The QUIC application close code for a signaling close code. Native connections carry the
+/// signaling code itself (signaling v1 §6). On HTTP/3 the connection's codes are HTTP/3 codes
+/// (RFC 9114 §8.1: `0x101`..`0x105` are H3 protocol errors there), so the signaling code travels
+/// in the session's CLOSE_WEBTRANSPORT_SESSION capsule and the connection closes with
+/// H3_NO_ERROR.
+pub(super) fn quic_close_code(app: &App, code: u64) -> u64 {
+    match app {
+        App::Native { .. } => code,
+        App::Wt(_) => crate::webtransport::ErrorCode::H3_NO_ERROR.0,
     }
 }

@@ -86,12 +86,14 @@ impl Endpoint {
                 }
             }
         }
+        let mut session_meeting = None;
         if let App::Wt(wt) = &mut entry.app {
             if let Some(session) = wt.requested.take() {
                 if self.core.is_draining() {
                     wt.h3.reject_session(session, 503);
                 } else {
                     wt.h3.accept_session(session);
+                    session_meeting = wt.meeting.take();
                 }
             }
         }
@@ -99,6 +101,9 @@ impl Endpoint {
         match join {
             Some(join) => self.core.handle_adopted(id, join, t),
             None => self.core.handle_connection_opened(id, t),
+        }
+        if let Some(meeting) = session_meeting {
+            self.core.bind_session_meeting(id, meeting);
         }
         // A WebTransport session accepted before the handoff: nothing else to do; its
         // stream bytes arrive with the connection's next packets.

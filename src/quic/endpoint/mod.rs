@@ -155,6 +155,8 @@ struct WtApp {
     pending: VecDeque<(u64, Vec<u8>, bool)>,
     /// A session requested on another shard, to accept once the connection arrives here.
     requested: Option<u64>,
+    /// The meeting of that session's path, which its join must name.
+    meeting: Option<crate::core::ids::MeetingId>,
 }
 
 struct ConnEntry {
@@ -178,6 +180,8 @@ struct Closing {
     fin_sent: bool,
     close_after: Option<Instant>,
     hard_deadline: Instant,
+    /// WebTransport: the session close capsule has been queued.
+    session_closed: bool,
 }
 
 /// Why a datagram was dropped before it reached a connection.
@@ -366,7 +370,9 @@ impl Endpoint {
         self.stopping = true;
         self.core.set_draining(true);
         for e in self.conns.values_mut() {
-            let _ = e.conn.close(true, 0x0, b"shutting down");
+            let _ = e
+                .conn
+                .close(true, conn::quic_close_code(&e.app, 0x0), b"shutting down");
         }
         self.dirty.extend(self.conns.keys().copied());
     }

@@ -56,7 +56,9 @@ impl Endpoint {
                         .shard_for(&meeting_id);
                     if owner == self.cfg.shard {
                         wt.h3.accept_session(session_id);
+                        self.core.bind_session_meeting(id, meeting_id);
                     } else {
+                        wt.meeting = Some(meeting_id);
                         // Move the connection to the meeting's shard before any signaling;
                         // that shard accepts the session.
                         wt.requested = Some(session_id);
@@ -99,7 +101,11 @@ impl Endpoint {
                     let _ = e
                         .conn
                         .stream_shutdown(stream_id, quiche::Shutdown::Read, code.0);
-                    if stream_id & 0x2 == 0 {
+                    // The signaling stream already ended cleanly (final frame + FIN) before the
+                    // session closed: a reset would discard what is not yet acknowledged.
+                    let finished = wt.stream == Some(stream_id)
+                        && e.closing.as_ref().is_some_and(|c| c.fin_sent);
+                    if stream_id & 0x2 == 0 && !finished {
                         let _ = e
                             .conn
                             .stream_shutdown(stream_id, quiche::Shutdown::Write, code.0);

@@ -18,6 +18,7 @@ fn join(meeting: &str, token: String, name: &str) -> ClientMessage {
         display_name: name.into(),
         request_id: None,
         resume: None,
+        capabilities: Vec::new(),
     }
 }
 

@@ -392,6 +392,7 @@ impl Client {
             display_name: name.into(),
             request_id: None,
             resume: None,
+            capabilities: Vec::new(),
         });
     }
 

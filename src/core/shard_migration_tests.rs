@@ -1,0 +1,427 @@
+//! Sans-IO tests of live-meeting migration: export → import → commit on two shards of two
+//! "controllers" sharing the binding secret, with a fake clock.
+
+use super::*;
+use crate::core::migration::{ExportError, ImportError, ImportOutcome, MigrationTarget};
+use crate::core::protocol::CAPABILITY_MIGRATE;
+
+fn target_info() -> MigrationTarget {
+    MigrationTarget {
+        controller_id: "mc-b".into(),
+        quic_endpoint: "127.0.0.1:5433".into(),
+        webtransport_url: "https://127.0.0.1:5433/meetings".into(),
+    }
+}
+
+impl Harness {
+    fn join_as(
+        &mut self,
+        conn: ConnId,
+        meeting: &str,
+        role: Role,
+        resume: Option<(&str, &str)>,
+        caps: bool,
+    ) -> Vec<ServerMessage> {
+        let token = self.token(meeting, role);
+        self.send(
+            conn,
+            &ClientMessage::Join {
+                meeting_id: meeting.into(),
+                token,
+                display_name: format!("name-{}", conn.0),
+                request_id: None,
+                resume: resume.map(|(p, t)| ResumeRequest {
+                    participant_id: p.into(),
+                    binding_token: t.into(),
+                }),
+                capabilities: if caps {
+                    vec![CAPABILITY_MIGRATE.into(), "future-thing".into()]
+                } else {
+                    Vec::new()
+                },
+            },
+        );
+        self.recv(conn)
+    }
+
+    fn capable(&mut self, meeting: &str, role: Role) -> (ConnId, String) {
+        let c = self.open();
+        match self.join_as(c, meeting, role, None, true).first() {
+            Some(ServerMessage::JoinResponse { participant_id, .. }) => (c, participant_id.clone()),
+            other => panic!("join failed: {other:?}"),
+        }
+    }
+}
+
+/// The `migrate` notice of `msgs`: (participant id, binding token).
+fn notice(msgs: &[ServerMessage]) -> (String, String) {
+    match msgs.last() {
+        Some(ServerMessage::Migrate {
+            participant_id,
+            binding_token,
+            controller_id,
+            quic_endpoint,
+            ..
+        }) => {
+            assert_eq!(controller_id, "mc-b");
+            assert_eq!(quic_endpoint, "127.0.0.1:5433");
+            (participant_id.clone(), binding_token.clone())
+        }
+        other => panic!("no migrate notice: {other:?}"),
+    }
+}
+
+#[test]
+fn a_meeting_moves_with_roster_roles_mute_and_held_messages() {
+    let mut src = Harness::single();
+    let mut dst = Harness::single();
+    let (a, pa) = src.capable("mv", Role::Host);
+    let (b, pb) = src.capable("mv", Role::Participant);
+    let (c, pc) = src.capable("mv", Role::Participant);
+    src.send(
+        b,
+        &ClientMessage::Mute {
+            audio: true,
+            video: false,
+        },
+    );
+    src.send(
+        a,
+        &ClientMessage::HostMute {
+            participant_id: pc.clone(),
+            audio: false,
+            video: true,
+        },
+    );
+    for conn in [a, b, c] {
+        src.recv(conn);
+    }
+    let now = src.now();
+    let before = src
+        .shard
+        .meeting(&MeetingId::parse("mv").unwrap(), now)
+        .unwrap();
+
+    let mid = MeetingId::parse("mv").unwrap();
+    let export = src.shard.begin_export(&mid, "mig-1", "mc-a", now).unwrap();
+    assert_eq!(export.participants.len(), 3);
+    assert_eq!(
+        src.shard.begin_export(&mid, "mig-2", "mc-a", now),
+        Err(ExportError::InProgress)
+    );
+    // Frozen: a message is refused visibly and reaches nobody.
+    src.broadcast(a, serde_json::json!("during freeze"));
+    let refused = src.recv(a);
+    assert!(
+        matches!(&refused[..], [ServerMessage::Error { code: ErrorCode::Conflict, message, .. }] if message == MIGRATING_REFUSAL),
+        "{refused:?}"
+    );
+    assert!(src.recv(b).is_empty());
+
+    let now = dst.now();
+    assert_eq!(
+        dst.shard.import_meeting(&export, now),
+        Ok(ImportOutcome::Imported)
+    );
+    assert_eq!(
+        dst.shard.import_meeting(&export, now),
+        Ok(ImportOutcome::Repeated)
+    );
+    assert_eq!(dst.shard.participant_count(), 3);
+
+    let now = src.now();
+    assert_eq!(src.shard.commit_export(&mid, target_info(), now), Some(3));
+    assert_eq!(src.shard.meeting_count(), 0);
+    let mut tokens = std::collections::HashMap::new();
+    for (conn, pid) in [(a, &pa), (b, &pb), (c, &pc)] {
+        let (p, t) = notice(&src.recv(conn));
+        assert_eq!(&p, pid);
+        tokens.insert(p, t);
+    }
+    let closes = src.closes();
+    assert_eq!(closes.len(), 3);
+    assert!(closes.iter().all(|(_, code)| *code == close_code::NORMAL));
+    assert!(
+        !src.actions().iter().any(|a| matches!(a, Action::Notify(_))),
+        "the GC is not told the meeting ended"
+    );
+
+    // A comes back first: same id and role, the roster with everyone's mute state, no churn.
+    let a2 = dst.open();
+    let msgs = dst.join_as(a2, "mv", Role::Participant, Some((&pa, &tokens[&pa])), true);
+    let ServerMessage::JoinResponse {
+        participant_id,
+        role,
+        participants,
+        ..
+    } = &msgs[0]
+    else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!((participant_id, *role), (&pa, Role::Host));
+    let ids: Vec<&str> = participants
+        .iter()
+        .map(|p| p.participant_id.as_str())
+        .collect();
+    assert_eq!(ids, [pb.as_str(), pc.as_str()], "join order kept");
+    assert!(participants[0].audio_muted && !participants[0].video_muted);
+    assert!(!participants[1].audio_muted && participants[1].video_muted);
+    // A talks while B and C are still on their way: held for them, not lost.
+    dst.broadcast(a2, serde_json::json!("m1"));
+    dst.send(
+        a2,
+        &ClientMessage::Mute {
+            audio: true,
+            video: true,
+        },
+    );
+    dst.recv(a2);
+
+    // C presents B's token (another participant's): refused, its own slot stays.
+    let bad = dst.open();
+    let msgs = dst.join_as(
+        bad,
+        "mv",
+        Role::Participant,
+        Some((&pc, &tokens[&pb])),
+        true,
+    );
+    assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
+
+    let b2 = dst.open();
+    let msgs = dst.join_as(b2, "mv", Role::Participant, Some((&pb, &tokens[&pb])), true);
+    assert!(
+        matches!(&msgs[0], ServerMessage::JoinResponse { participant_id, .. } if *participant_id == pb)
+    );
+    assert!(
+        matches!(&msgs[1], ServerMessage::Message { from, payload } if *from == pa && payload == "m1"),
+        "{msgs:?}"
+    );
+    assert!(
+        matches!(&msgs[2], ServerMessage::MuteUpdate { participant_id, .. } if *participant_id == pa)
+    );
+    assert!(dst.recv(a2).is_empty(), "nothing announced for a returner");
+
+    // A replayed token is refused.
+    let again = dst.open();
+    let msgs = dst.join_as(
+        again,
+        "mv",
+        Role::Participant,
+        Some((&pb, &tokens[&pb])),
+        true,
+    );
+    assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
+
+    // The operator view matches the source's, apart from connection state and the mute A set.
+    let now = dst.now();
+    let after = dst.shard.meeting(&mid, now).unwrap();
+    let key = |d: &MeetingDetail| -> Vec<(String, String, Role, u64)> {
+        d.participants
+            .iter()
+            .map(|p| {
+                (
+                    p.participant_id.clone(),
+                    p.display_name.clone(),
+                    p.role,
+                    p.joined_at_ms,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(key(&before), key(&after));
+
+    // C never comes back: it leaves with `timeout` after the window, counted as lost.
+    dst.advance(Duration::from_secs(31));
+    for conn in [a2, b2] {
+        let msgs = dst.recv(conn);
+        assert!(
+            msgs.iter().any(|m| matches!(m, ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Timeout } if *participant_id == pc)),
+            "{msgs:?}"
+        );
+    }
+    let st = dst.shard.stats();
+    assert_eq!(st.migration["imported"], 1);
+    assert_eq!(st.migration["returned"], 2);
+    assert_eq!(st.migration["lost"], 1);
+    assert_eq!(st.joins["migrated"], 2);
+    assert_eq!(src.shard.stats().migration["notified"], 3);
+    assert_eq!(src.shard.stats().migration["exported"], 1);
+    assert_eq!(src.shard.stats().dropped[&("meeting", "migrating")], 1);
+}
+
+#[test]
+fn an_aborted_export_leaves_the_meeting_running() {
+    let mut h = Harness::single();
+    let (a, _) = h.capable("ab", Role::Host);
+    let (b, _) = h.capable("ab", Role::Participant);
+    h.recv(a);
+    let mid = MeetingId::parse("ab").unwrap();
+    let now = h.now();
+    h.shard.begin_export(&mid, "m", "mc-a", now).unwrap();
+    assert!(h.shard.abort_export(&mid));
+    assert!(!h.shard.abort_export(&mid));
+    h.broadcast(a, serde_json::json!(1));
+    assert!(matches!(h.recv(b)[..], [ServerMessage::Message { .. }]));
+    assert!(h.actions().is_empty());
+    assert_eq!(h.shard.commit_export(&mid, target_info(), now), None);
+    assert_eq!(h.shard.meeting_count(), 1);
+}
+
+#[test]
+fn meetings_with_clients_that_do_not_follow_migrate_stay() {
+    let mut h = Harness::single();
+    h.capable("old", Role::Host);
+    h.joined("old", Role::Participant); // no capability
+    let mid = MeetingId::parse("old").unwrap();
+    let now = h.now();
+    assert_eq!(
+        h.shard.begin_export(&mid, "m", "mc-a", now),
+        Err(ExportError::ClientsUnsupported)
+    );
+    assert_eq!(
+        h.shard
+            .begin_export(&MeetingId::parse("none").unwrap(), "m", "mc-a", now),
+        Err(ExportError::NotFound)
+    );
+}
+
+#[test]
+fn refused_imports_leave_nothing_behind() {
+    let mut src = Harness::single();
+    src.capable("imp", Role::Host);
+    src.capable("imp", Role::Participant);
+    let mid = MeetingId::parse("imp").unwrap();
+    let now = src.now();
+    let export = src.shard.begin_export(&mid, "mig-9", "mc-a", now).unwrap();
+
+    // Another binding secret: every resume would fail, so the import is refused.
+    let signer = TokenSigner::from_seed(&[9u8; 32], "k1");
+    let verifier = TokenVerifier::from_jwks_json(&signer.jwks_json(), 60).unwrap();
+    let mut other = Shard::new(
+        ShardConfig::for_tests(ShardId(0), 1),
+        Arc::new(verifier),
+        Arc::new(BindingKey::new(&[8u8; 32]).unwrap()),
+    );
+    assert_eq!(
+        other.import_meeting(&export, now),
+        Err(ImportError::SecretMismatch)
+    );
+    assert_eq!(other.meeting_count(), 0);
+
+    let mut dst = Harness::single();
+    dst.shard.set_draining(true);
+    assert_eq!(
+        dst.shard.import_meeting(&export, now),
+        Err(ImportError::Draining)
+    );
+    dst.shard.set_draining(false);
+
+    let mut cfg = ShardConfig::for_tests(ShardId(0), 1);
+    cfg.max_participants = 1;
+    let mut small = Harness::new(cfg);
+    assert_eq!(
+        small.shard.import_meeting(&export, now),
+        Err(ImportError::AtCapacity)
+    );
+    assert_eq!(small.shard.meeting_count(), 0);
+
+    let mut dup = export.clone();
+    dup.participants[1].participant_id = dup.participants[0].participant_id.clone();
+    assert!(matches!(
+        dst.shard.import_meeting(&dup, now),
+        Err(ImportError::Invalid(_))
+    ));
+    let mut forged = export.clone();
+    forged.secret_check_nonce ^= 1;
+    assert_eq!(
+        dst.shard.import_meeting(&forged, now),
+        Err(ImportError::SecretMismatch)
+    );
+    assert_eq!(dst.shard.meeting_count(), 0);
+
+    // A meeting of that id already here from elsewhere: conflict, untouched.
+    dst.capable("imp", Role::Host);
+    assert_eq!(
+        dst.shard.import_meeting(&export, now),
+        Err(ImportError::Conflict)
+    );
+    assert_eq!(dst.shard.participant_count(), 1);
+
+    // Imports that land on the wrong shard are refused.
+    let mut two = Harness::new(ShardConfig::for_tests(ShardId(1), 2));
+    let owner = Router::new(2).shard_for(&mid);
+    if owner != ShardId(1) {
+        assert!(matches!(
+            two.shard.import_meeting(&export, now),
+            Err(ImportError::Invalid(_))
+        ));
+    }
+}
+
+#[test]
+fn a_late_resume_at_the_source_is_redirected() {
+    let mut src = Harness::single();
+    let (a, _) = src.capable("late", Role::Host);
+    let b = src.open();
+    let first = src.join_as(b, "late", Role::Participant, None, true);
+    let ServerMessage::JoinResponse {
+        participant_id: pb,
+        binding_token,
+        ..
+    } = first[0].clone()
+    else {
+        panic!()
+    };
+    src.recv(a);
+    let now = src.now();
+    src.shard.handle_connection_closed(b, now); // B is within its resume window
+    let mid = MeetingId::parse("late").unwrap();
+    src.shard.begin_export(&mid, "mig", "mc-a", now).unwrap();
+    assert_eq!(src.shard.commit_export(&mid, target_info(), now), Some(1));
+    src.actions();
+
+    // B comes back to the old controller with its old binding token: told where to go.
+    let b2 = src.open();
+    let msgs = src.join_as(
+        b2,
+        "late",
+        Role::Participant,
+        Some((&pb, &binding_token)),
+        true,
+    );
+    let (p, _) = notice(&msgs);
+    assert_eq!(p, pb);
+    // A forged token is not redirected.
+    let b3 = src.open();
+    let msgs = src.join_as(b3, "late", Role::Participant, Some((&pb, "x")), true);
+    assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
+    // After the window the tombstone is gone.
+    src.advance(Duration::from_secs(31));
+    let b4 = src.open();
+    let msgs = src.join_as(
+        b4,
+        "late",
+        Role::Participant,
+        Some((&pb, &binding_token)),
+        true,
+    );
+    assert_eq!(error_code(&msgs[0]), Some(ErrorCode::Unauthorized));
+}
+
+#[test]
+fn joiners_at_the_target_never_reuse_an_imported_id() {
+    let mut src = Harness::single();
+    src.capable("ids", Role::Host);
+    src.capable("ids", Role::Participant);
+    let mid = MeetingId::parse("ids").unwrap();
+    let now = src.now();
+    let export = src.shard.begin_export(&mid, "mig", "mc-a", now).unwrap();
+    let mut dst = Harness::single();
+    dst.shard.import_meeting(&export, now).unwrap();
+    let (_, p) = dst.capable("ids", Role::Participant);
+    assert!(
+        export.participants.iter().all(|e| e.participant_id != p),
+        "{p}"
+    );
+}

@@ -35,6 +35,7 @@ pub mod fake_shards;
 pub mod gc;
 mod http;
 mod metrics;
+pub mod migrate_wire;
 mod procstat;
 mod shards;
 

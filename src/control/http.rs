@@ -154,6 +154,11 @@ fn authorization(req: &Request<Incoming>) -> Option<&[u8]> {
 // ------------------------------------------------------------------------------------------
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    // Migration imports carry a whole meeting: their own body limit, checked there.
+    if let Some(id) = super::migration::import_path(req.uri().path()) {
+        let id = id.to_owned();
+        return Ok(super::migration::import(shared, req, id).await);
+    }
     let declared_len = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -482,6 +487,10 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>, path: &str) -> Resp 
             }
         }
         (["meetings", _], _) => method_not_allowed("GET, DELETE"),
+        (["meetings", id, "migrate"], Method::POST) => {
+            super::migration::admin_migrate(shared, req, id).await
+        }
+        (["meetings", _, "migrate"], _) => method_not_allowed("POST"),
         (["shards"], Method::GET) => shards(shared).await,
         (["shards"], _) => method_not_allowed("GET"),
         (["drain"], Method::POST) => {

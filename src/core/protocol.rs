@@ -315,6 +315,10 @@ pub enum ServerMessage {
         binding_token: String,
         /// How long the target keeps the participant's slot.
         resume_window_ms: u64,
+        /// How many messages of this connection (its `join` included) were handled here —
+        /// delivered, answered or refused with an `error` — in the order sent. Any later
+        /// message was not handled: the client sends it again at the target.
+        messages_handled: u64,
     },
     /// A request failed.
     Error {

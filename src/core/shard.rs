@@ -287,6 +287,8 @@ struct Conn {
     refilled: Instant,
     strikes: u32,
     opened: Instant,
+    /// Frames decoded from this connection (its join included).
+    received: u64,
 }
 
 impl Conn {
@@ -301,6 +303,7 @@ impl Conn {
             refilled: now,
             strikes: 0,
             opened: now,
+            received: 0,
         }
     }
 }
@@ -719,7 +722,10 @@ impl Shard {
             let awaiting = matches!(c.state, ConnState::AwaitingJoin);
             let decoded = match c.decoder.next_frame() {
                 Ok(None) => return,
-                Ok(Some(body)) => codec::decode_client(body),
+                Ok(Some(body)) => {
+                    c.received += 1;
+                    codec::decode_client(body)
+                }
                 Err(e) => {
                     // A framing error ends the connection; a joined participant leaves with
                     // `connection_lost` (it cannot resume a stream it corrupted).

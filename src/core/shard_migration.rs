@@ -209,6 +209,12 @@ impl Shard {
         target: &MigrationTarget,
         window_ms: u64,
     ) {
+        // Messages still waiting in the inbox are dropped by the close below: not handled.
+        let waiting = self.inbox.iter().filter(|m| m.conn == conn).count() as u64;
+        let messages_handled = self
+            .conns
+            .get(&conn)
+            .map_or(0, |c| c.received.saturating_sub(waiting));
         self.send(
             conn,
             &ServerMessage::Migrate {
@@ -219,6 +225,7 @@ impl Shard {
                 webtransport_url: target.webtransport_url.clone(),
                 binding_token: g.token.clone(),
                 resume_window_ms: window_ms,
+                messages_handled,
             },
         );
         self.close(conn, close_code::NORMAL, "migrated");

@@ -53,19 +53,24 @@ impl Harness {
     }
 }
 
-/// The `migrate` notice of `msgs`: (participant id, binding token).
-fn notice(msgs: &[ServerMessage]) -> (String, String) {
+/// The `migrate` notice of `msgs`: (participant id, binding token, messages handled).
+fn notice(msgs: &[ServerMessage]) -> (String, String, u64) {
     match msgs.last() {
         Some(ServerMessage::Migrate {
             participant_id,
             binding_token,
             controller_id,
             quic_endpoint,
+            messages_handled,
             ..
         }) => {
             assert_eq!(controller_id, "mc-b");
             assert_eq!(quic_endpoint, "127.0.0.1:5433");
-            (participant_id.clone(), binding_token.clone())
+            (
+                participant_id.clone(),
+                binding_token.clone(),
+                *messages_handled,
+            )
         }
         other => panic!("no migrate notice: {other:?}"),
     }
@@ -133,9 +138,10 @@ fn a_meeting_moves_with_roster_roles_mute_and_held_messages() {
     assert_eq!(src.shard.commit_export(&mid, target_info(), now), Some(3));
     assert_eq!(src.shard.meeting_count(), 0);
     let mut tokens = std::collections::HashMap::new();
-    for (conn, pid) in [(a, &pa), (b, &pb), (c, &pc)] {
-        let (p, t) = notice(&src.recv(conn));
-        assert_eq!(&p, pid);
+    // A: join, host_mute, the refused message; B: join, mute; C: join.
+    for (conn, pid, handled) in [(a, &pa, 3), (b, &pb, 2), (c, &pc, 1)] {
+        let (p, t, n) = notice(&src.recv(conn));
+        assert_eq!((&p, n), (pid, handled));
         tokens.insert(p, t);
     }
     let closes = src.closes();
@@ -390,8 +396,8 @@ fn a_late_resume_at_the_source_is_redirected() {
         Some((&pb, &binding_token)),
         true,
     );
-    let (p, _) = notice(&msgs);
-    assert_eq!(p, pb);
+    let (p, _, handled) = notice(&msgs);
+    assert_eq!((p, handled), (pb.clone(), 1));
     // A forged token is not redirected.
     let b3 = src.open();
     let msgs = src.join_as(b3, "late", Role::Participant, Some((&pb, "x")), true);
@@ -424,4 +430,35 @@ fn joiners_at_the_target_never_reuse_an_imported_id() {
         export.participants.iter().all(|e| e.participant_id != p),
         "{p}"
     );
+}
+
+#[test]
+fn messages_still_queued_at_commit_are_reported_as_not_handled() {
+    let mut src = Harness::single();
+    let (a, _) = src.capable("q", Role::Host);
+    let (b, _) = src.capable("q", Role::Participant);
+    let mid = MeetingId::parse("q").unwrap();
+    let now = src.now();
+    src.shard.begin_export(&mid, "mig", "mc-a", now).unwrap();
+    // Two messages arrive but are not processed before the commit.
+    for i in 0..2 {
+        let f = encode(&ClientMessage::Message {
+            payload: serde_json::json!(i),
+            to: None,
+        });
+        src.shard.handle_stream_data(a, &f, now);
+    }
+    assert_eq!(src.shard.inbox_depth(), 2);
+    assert_eq!(src.shard.commit_export(&mid, target_info(), now), Some(2));
+    let (_, _, handled) = notice(&src.recv(a));
+    assert_eq!(
+        handled, 1,
+        "only the join was handled; the client resends the two messages"
+    );
+    assert_eq!(src.shard.inbox_depth(), 0);
+    src.shard.process_all(now);
+    assert!(matches!(
+        src.recv(b).last(),
+        Some(ServerMessage::Migrate { .. })
+    ));
 }

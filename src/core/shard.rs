@@ -130,6 +130,8 @@ pub struct HandoffJoin {
     pub resume: Option<ResumeRequest>,
     /// The client follows `migrate` (its `join.capabilities`).
     pub follows_migrate: bool,
+    /// Frames the previous shard decoded from the connection (the join included).
+    pub received: u64,
     /// Messages already decoded after the join, in order.
     pub queued: Vec<ClientMessage>,
     /// Stream bytes not yet decoded.
@@ -430,6 +432,7 @@ impl Shard {
     pub fn handle_adopted(&mut self, conn: ConnId, join: HandoffJoin, now: Now) {
         let mut c = Conn::new(now.mono, self.cfg.rate_burst);
         c.decoder.push(&join.leftover);
+        c.received = join.received;
         self.conns.insert(conn, c);
         self.timers.push(Reverse((
             now.mono + self.cfg.join_timeout,
@@ -1070,6 +1073,7 @@ impl Shard {
                     request_id,
                     resume,
                     follows_migrate,
+                    received: c.received,
                     queued,
                     leftover: c.decoder.take_remaining(),
                 }),

@@ -462,3 +462,42 @@ fn messages_still_queued_at_commit_are_reported_as_not_handled() {
         Some(ServerMessage::Migrate { .. })
     ));
 }
+
+#[test]
+fn messages_handled_counts_what_a_handed_off_connection_carried() {
+    let router = Router::new(2);
+    let meeting = (0..100)
+        .map(|i| format!("ho-{i}"))
+        .find(|m| router.shard_for(&MeetingId::parse(m).unwrap()) == ShardId(1))
+        .unwrap();
+    let mut s0 = Harness::new(ShardConfig::for_tests(ShardId(0), 2));
+    let mut s1 = Harness::new(ShardConfig::for_tests(ShardId(1), 2));
+    let (_, _) = s1.capable(&meeting, Role::Host);
+    // A connection arrives on shard 0 with its join and two messages in one read.
+    let c = s0.open();
+    let now = s0.now();
+    let mut bytes = encode(&ClientMessage::Join {
+        meeting_id: meeting.clone(),
+        token: s0.token(&meeting, Role::Participant),
+        display_name: "x".into(),
+        request_id: None,
+        resume: None,
+        capabilities: vec![CAPABILITY_MIGRATE.into()],
+    })
+    .to_vec();
+    for i in 0..2 {
+        bytes.extend_from_slice(&encode(&ClientMessage::Ping { id: i }));
+    }
+    s0.shard.handle_stream_data(c, &bytes, now);
+    let Some(Action::Handoff { conn, join, .. }) = s0.shard.poll_action() else {
+        panic!("no handoff")
+    };
+    s1.shard.handle_adopted(conn, *join, now);
+    s1.shard.process_all(now);
+    s1.recv(conn);
+    let mid = MeetingId::parse(&meeting).unwrap();
+    s1.shard.begin_export(&mid, "mig", "mc-a", now).unwrap();
+    s1.shard.commit_export(&mid, target_info(), now).unwrap();
+    let (_, _, handled) = notice(&s1.recv(conn));
+    assert_eq!(handled, 3, "join and both pings were handled");
+}

@@ -1,6 +1,7 @@
 //! Test support: start the real `mc` binary and talk to it with a blocking quiche client.
 #![allow(dead_code)]
 
+pub mod follow;
 pub mod wt;
 
 use std::io::{BufRead, BufReader};

@@ -418,6 +418,21 @@ fn refused_migrations_fall_back_to_todays_drain() {
     let (_, listed) = fleet.admin("mc-x", "GET", "/admin/meetings", None);
     assert_eq!(listed["count"], 0, "nothing half-imported: {listed}");
 
+    // The import endpoint: bearer token, body shape and size are checked before anything.
+    let x = fleet.server("mc-x").control;
+    let path = "/internal/v1/meetings/r1/import";
+    assert_eq!(
+        http_request(x, "POST", path, Some("wrong"), Some("{}")).0,
+        401
+    );
+    let (status, text) = http_request(x, "POST", path, Some(INBOUND), Some("{\"x\":1}"));
+    assert_eq!(status, 400, "{text}");
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    assert_eq!(
+        http_request(x, "POST", path, Some(INBOUND), Some(&big)).0,
+        413
+    );
+
     let (status, body) = migrate(&fleet, "mc-nowhere");
     assert_eq!(
         (status, body["error"].as_str()),

@@ -14,6 +14,7 @@ mod payload;
 mod plan;
 mod plot;
 mod report;
+mod rolling;
 mod run;
 mod stats;
 mod timer;
@@ -26,7 +27,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let settings = match cli::Args::parse().validate() {
+    let args = cli::Args::parse();
+    if args.scenario == cli::Scenario::RollingDrain {
+        return rolling_drain(&args);
+    }
+    let settings = match args.validate() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mc-loadtest: {e}");
@@ -42,6 +47,27 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+fn rolling_drain(args: &cli::Args) -> ExitCode {
+    let settings = match args.rolling() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mc-loadtest: {e}");
+            return ExitCode::from(cli::EXIT_USAGE as u8);
+        }
+    };
+    match rolling::run(settings) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("mc-loadtest: meetings ended, participants or messages were lost");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mc-loadtest: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -2,10 +2,12 @@
 // Runs tests/browser/join.html in headless Chromium against a running meeting controller.
 //
 //   node tests/browser/run.mjs --url https://localhost:4433/meetings/m1 --hash <cert sha-256> \
-//        --token <jwt> [--token2 <jwt>] [--chromium /usr/bin/chromium] [--timeout 30]
+//        --token <jwt> [--token2 <jwt>] [--migrate 1] [--chromium /usr/bin/chromium] [--timeout 30]
 //
 // Without --token2 the page joins alone and expects a participant already in the meeting
-// (e.g. a native QUIC client) to be in its roster and to send it a `message`.
+// (e.g. a native QUIC client) to be in its roster and to send it a `message`. With
+// `--migrate 1` it joins with the `migrate` capability, follows the controller's `migrate`
+// notice to another controller and passes once a `message` arrives there.
 //
 // No npm packages: a local HTTP server on 127.0.0.1 serves the page (a secure context, as
 // WebTransport requires) and receives the page's JSON result by POST. Exit code 0 on PASS, 1 on
@@ -65,6 +67,7 @@ const q = new URLSearchParams({ url: args.url, token: args.token, token2: args.t
   report: `http://127.0.0.1:${port}/result` });
 if (args.hash) q.set("hash", args.hash);
 if (args.meeting) q.set("meeting", args.meeting);
+if (args.migrate) q.set("migrate", args.migrate);
 const pageUrl = `http://127.0.0.1:${port}/join.html?${q}`;
 
 const profile = mkdtempSync(join(tmpdir(), "mc-chromium-"));

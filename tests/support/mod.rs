@@ -1,6 +1,7 @@
 //! Test support: start the real `mc` binary and talk to it with a blocking quiche client.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod follow;
 pub mod wt;
 

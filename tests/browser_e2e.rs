@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 use mc::core::protocol::{ClientMessage, LeaveReason, Role, ServerMessage};
 use support::{Client, Server};
 
-#[test]
-#[ignore = "needs chromium and node; run by .ci/stages/30-browser.sh"]
-fn chromium_joins_over_webtransport_and_meets_a_native_participant() {
+/// The Chromium binary (`CHROMIUM`, default `/usr/bin/chromium`); fails loudly without it.
+fn chromium() -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).exists(),
         "CHROMIUM NOT INSTALLED at {chromium}: this test cannot pass without it"
     );
-    let server = Server::start("browser", &["--shards", "2"]);
-    let hash = server
+    chromium
+}
+
+/// The certificate hash `server` printed for `serverCertificateHashes`.
+fn cert_hash(server: &Server) -> String {
+    server
         .stdout_lines
         .lock()
         .unwrap()
@@ -29,7 +32,15 @@ fn chromium_joins_over_webtransport_and_meets_a_native_participant() {
                 .nth(1)
                 .map(str::to_owned)
         })
-        .expect("certificate hash line");
+        .expect("certificate hash line")
+}
+
+#[test]
+#[ignore = "needs chromium and node; run by .ci/stages/30-browser.sh"]
+fn chromium_joins_over_webtransport_and_meets_a_native_participant() {
+    let chromium = chromium();
+    let server = Server::start("browser", &["--shards", "2"]);
+    let hash = cert_hash(&server);
     let meeting = "browser-room";
     let mut native = Client::connect(server.quic);
     native.join_ok(
@@ -104,11 +115,7 @@ fn chromium_follows_a_meeting_to_another_controller() {
     use support::fleet::Fleet;
     use support::follow::{pump_until, Member, Transport};
 
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "CHROMIUM NOT INSTALLED at {chromium}: this test cannot pass without it"
-    );
+    let chromium = chromium();
     let mut fleet = Fleet::new("20s");
     fleet.start("mc-a", true);
     fleet.start("mc-b", true);
@@ -116,17 +123,7 @@ fn chromium_follows_a_meeting_to_another_controller() {
     fleet.assign("mc-a", meeting);
     let a = fleet.server("mc-a");
     // The fleet shares one development certificate, so one hash serves both controllers.
-    let hash = a
-        .stdout_lines
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.split("(serverCertificateHashes): ")
-                .nth(1)
-                .map(str::to_owned)
-        })
-        .expect("certificate hash line");
+    let hash = cert_hash(a);
     let signer = a.signer.clone();
     let mut native = vec![Member::join(
         &signer,

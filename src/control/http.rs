@@ -83,7 +83,7 @@ pub(crate) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<S
 // Response helpers
 // ------------------------------------------------------------------------------------------
 
-fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
+pub(super) fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
     let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     bytes.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
@@ -93,7 +93,7 @@ fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
     r
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Resp {
+pub(super) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Resp {
     json_resp(
         status,
         &json!({ "error": code, "message": message.to_string() }),

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::http::{error as err, json_resp};
 use super::migrate_wire::{self, CallError, MigrateRequest, MigrateTarget};
 use super::{auth, blocking, Shared};
 use crate::core::ids::MeetingId;
@@ -275,23 +276,6 @@ pub(crate) fn migrate_all(shared: &Shared, deadline: Instant) -> (usize, usize) 
 // ------------------------------------------------------------------------------------------
 
 type Resp = Response<Full<Bytes>>;
-
-fn json_resp(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    bytes.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-fn err(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Resp {
-    json_resp(
-        status,
-        &json!({ "error": code, "message": message.to_string() }),
-    )
-}
 
 /// The meeting id of `/internal/v1/meetings/{id}/import`, if `path` is that.
 pub(crate) fn import_path(path: &str) -> Option<&str> {

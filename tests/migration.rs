@@ -307,6 +307,22 @@ fn refused_migrations_fall_back_to_todays_drain() {
         "{body}"
     );
 
+    // The same through the CLI: `mc admin migrate ID --to MC`, exit code 1 with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mc"))
+        .args([
+            "admin",
+            "--url",
+            &format!("http://{}", fleet.server("mc-a").control),
+        ])
+        .arg("--token-file")
+        .arg(fleet.secrets.join("admin"))
+        .args(["migrate", "r1", "--to", "mc-gone"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unknown_target"), "{stderr}");
+
     fleet.gc.set_fault(Fault::Down);
     let (status, body) = migrate(&fleet, "mc-x");
     assert_eq!(
@@ -346,7 +362,7 @@ fn refused_migrations_fall_back_to_todays_drain() {
     let m = fleet.server("mc-a").metrics();
     for (reason, n) in [
         ("import_rejected", 1.0),
-        ("gc_refused", 1.0),
+        ("gc_refused", 2.0),
         ("gc_unavailable", 1.0),
         ("not_found", 1.0),
         ("clients_unsupported", 1.0),

@@ -250,8 +250,9 @@ pub(crate) fn migrate_all(shared: &Shared, deadline: Instant) -> (usize, usize) 
         }
     }
     let (mut moved, mut stayed) = (0, 0);
+    let mut gc_down = false;
     for raw in ids {
-        if Instant::now() >= deadline {
+        if gc_down || Instant::now() >= deadline {
             stayed += 1;
             continue;
         }
@@ -260,6 +261,12 @@ pub(crate) fn migrate_all(shared: &Shared, deadline: Instant) -> (usize, usize) 
         };
         match migrate_meeting(shared, &id, None) {
             Ok(_) => moved += 1,
+            Err(Failure::Gc(CallError::Unavailable(_))) => {
+                // A GC that cannot be reached will not answer for the next meeting either:
+                // the rest stay rather than each waiting out the GC timeout.
+                stayed += 1;
+                gc_down = true;
+            }
             Err(_) => stayed += 1,
         }
     }

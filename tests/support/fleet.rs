@@ -21,7 +21,7 @@ pub struct Fleet {
     pub gc: FakeGc,
     /// Development material every controller of the fleet shares (signing key, binding secret).
     master: PathBuf,
-    secrets: PathBuf,
+    pub secrets: PathBuf,
     pub servers: BTreeMap<String, Server>,
     drain_timeout: &'static str,
 }

@@ -501,3 +501,187 @@ fn messages_handled_counts_what_a_handed_off_connection_carried() {
     let (_, _, handled) = notice(&s1.recv(conn));
     assert_eq!(handled, 3, "join and both pings were handled");
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Msg(u8),
+        Mute(u8, bool),
+        Tick(u16),
+        /// Freeze for export, then either move (true) or abort (false).
+        Move(bool),
+        /// A participant still on its way follows its notice.
+        Follow(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4).prop_map(Op::Msg),
+            1 => ((0u8..4), any::<bool>()).prop_map(|(a, b)| Op::Mute(a, b)),
+            2 => (0u16..500).prop_map(Op::Tick),
+            1 => any::<bool>().prop_map(Op::Move),
+            3 => (0u8..4).prop_map(Op::Follow),
+        ]
+    }
+
+    struct Member {
+        pid: String,
+        /// (shard index, connection) while connected.
+        conn: Option<(usize, ConnId)>,
+        /// Migrate token while on its way.
+        token: Option<String>,
+        /// Frames sent on the current connection (its join included).
+        frames: u64,
+        sent: u64,
+        refused: u64,
+        got: std::collections::HashMap<String, Vec<u64>>,
+    }
+
+    fn drain(h: &mut Harness, m: &mut Member) -> Vec<ServerMessage> {
+        let Some((_, c)) = m.conn else {
+            return Vec::new();
+        };
+        let msgs = h.recv(c);
+        for msg in &msgs {
+            match msg {
+                ServerMessage::Message { from, payload } => {
+                    m.got
+                        .entry(from.clone())
+                        .or_default()
+                        .push(payload.as_u64().unwrap());
+                }
+                ServerMessage::Error { message, .. } if message == MIGRATING_REFUSAL => {
+                    m.refused += 1
+                }
+                _ => {}
+            }
+        }
+        msgs
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Moves back and forth between two controllers, aborts, messages, mutes and lagging
+        /// followers: nobody leaves or joins, ids never change, and every message is delivered
+        /// to everyone else exactly once, in order, unless its sender saw it refused.
+        #[test]
+        fn moves_lose_nothing(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut hs = [Harness::single(), Harness::single()];
+            let mid = MeetingId::parse("pm").unwrap();
+            let mut cur = 0usize;
+            let mut members: Vec<Member> = (0..4)
+                .map(|i| {
+                    let role = if i == 0 { Role::Host } else { Role::Participant };
+                    let (c, pid) = hs[0].capable("pm", role);
+                    Member { pid, conn: Some((0, c)), token: None, frames: 1, sent: 0, refused: 0, got: Default::default() }
+                })
+                .collect();
+            for h in hs.iter_mut() { let _ = h.actions(); }
+            for m in members.iter_mut() { drain(&mut hs[0], m); }
+            let mut moves = 0;
+            for op in ops {
+                match op {
+                    Op::Msg(s) | Op::Mute(s, _) if members[s as usize].conn.is_some() => {
+                        let m = &mut members[s as usize];
+                        let (i, c) = m.conn.unwrap();
+                        match op {
+                            Op::Msg(_) => {
+                                hs[i].broadcast(c, serde_json::json!(m.sent));
+                                m.sent += 1;
+                            }
+                            Op::Mute(_, b) => hs[i].send(c, &ClientMessage::Mute { audio: b, video: false }),
+                            _ => {}
+                        }
+                        m.frames += 1;
+                    }
+                    Op::Tick(ms) => {
+                        for h in hs.iter_mut() { h.advance(Duration::from_millis(u64::from(ms))); }
+                    }
+                    Op::Move(commit) => {
+                        if members.iter().any(|m| m.token.is_some()) {
+                            continue; // one move at a time: the last one is not complete
+                        }
+                        moves += 1;
+                        let now = hs[cur].now();
+                        let export = hs[cur].shard.begin_export(&mid, &format!("m{moves}"), "src", now).unwrap();
+                        // A message while frozen is refused, visibly.
+                        let m0 = &mut members[0];
+                        let (i, c) = m0.conn.unwrap();
+                        hs[i].broadcast(c, serde_json::json!(m0.sent));
+                        m0.sent += 1;
+                        m0.frames += 1;
+                        if !commit {
+                            prop_assert!(hs[cur].shard.abort_export(&mid));
+                        } else {
+                            let other = 1 - cur;
+                            let now = hs[other].now();
+                            prop_assert_eq!(hs[other].shard.import_meeting(&export, now), Ok(ImportOutcome::Imported));
+                            let now = hs[cur].now();
+                            prop_assert_eq!(hs[cur].shard.commit_export(&mid, target_info(), now), Some(4));
+                            for m in members.iter_mut() {
+                                let msgs = drain(&mut hs[cur], m);
+                                let (pid, token, handled) = notice(&msgs);
+                                prop_assert_eq!(&pid, &m.pid);
+                                prop_assert_eq!(handled, m.frames, "every frame was handled");
+                                m.conn = None;
+                                m.token = Some(token);
+                            }
+                            let _ = hs[cur].actions();
+                            cur = other;
+                        }
+                    }
+                    Op::Follow(s) if members[s as usize].token.is_some() => {
+                        let m = &mut members[s as usize];
+                        let token = m.token.take().unwrap();
+                        let c = hs[cur].open();
+                        let msgs = hs[cur].join_as(c, "pm", Role::Participant, Some((&m.pid, &token)), true);
+                        let back = matches!(&msgs[0], ServerMessage::JoinResponse { participant_id, .. } if *participant_id == m.pid);
+                        prop_assert!(back, "resume failed: {:?}", msgs);
+                        m.conn = Some((cur, c));
+                        m.frames = 1;
+                        // Held frames follow the join_response: count them.
+                        for msg in &msgs[1..] {
+                            if let ServerMessage::Message { from, payload } = msg {
+                                m.got.entry(from.clone()).or_default().push(payload.as_u64().unwrap());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                for m in members.iter_mut() {
+                    if let Some((i, _)) = m.conn {
+                        for msg in drain(&mut hs[i], m) {
+                            prop_assert!(!matches!(msg, ServerMessage::ParticipantLeft { .. } | ServerMessage::ParticipantJoined { .. } | ServerMessage::MeetingEnded { .. }), "{:?}", msg);
+                        }
+                    }
+                }
+            }
+            // Everyone still on its way comes back.
+            for m in members.iter_mut() {
+                if let Some(token) = m.token.take() {
+                    let c = hs[cur].open();
+                    let msgs = hs[cur].join_as(c, "pm", Role::Participant, Some((&m.pid, &token)), true);
+                    for msg in &msgs[1..] {
+                        if let ServerMessage::Message { from, payload } = msg {
+                            m.got.entry(from.clone()).or_default().push(payload.as_u64().unwrap());
+                        }
+                    }
+                    m.conn = Some((cur, c));
+                }
+            }
+            for r in &members {
+                for s in &members {
+                    if r.pid == s.pid { continue; }
+                    let got = r.got.get(&s.pid).cloned().unwrap_or_default();
+                    prop_assert!(got.windows(2).all(|w| w[0] < w[1]), "{:?}", got);
+                    prop_assert_eq!(got.len() as u64, s.sent - s.refused, "{} from {}", r.pid, s.pid);
+                }
+            }
+            prop_assert_eq!(hs[cur].shard.participant_count(), 4);
+            prop_assert_eq!(hs[1 - cur].shard.meeting_count(), 0);
+        }
+    }
+}

@@ -166,6 +166,7 @@ fn meeting_of(n: u64) -> (Shard, Vec<ConnId>) {
             display_name: format!("user {i}"),
             request_id: None,
             resume: None,
+            capabilities: Vec::new(),
         });
         shard.handle_stream_data(conn, &join, t);
         shard.process_all(t);

@@ -113,6 +113,15 @@ pub enum AdminVerbArg {
     Reregister,
     /// Per-shard figures.
     Shards,
+    /// Move a live meeting to another controller (participants follow; see
+    /// docs/control-plane.md "Meeting migration").
+    Migrate {
+        /// Meeting id.
+        id: String,
+        /// Target controller id (default: the GC chooses).
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 /// `mc serve` flags. Every value is optional here so the file and defaults can fill it.

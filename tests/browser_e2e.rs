@@ -7,9 +7,10 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mc::core::protocol::{ClientMessage, Role, ServerMessage};
+use mc::core::protocol::{ClientMessage, LeaveReason, Role, ServerMessage};
 use support::{Client, Server};
 
+/// The Chromium binary (`CHROMIUM`, default `/usr/bin/chromium`); fails loudly without it.
 fn chromium() -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
@@ -19,7 +20,8 @@ fn chromium() -> String {
     chromium
 }
 
-fn certificate_hash(server: &Server) -> String {
+/// The certificate hash `server` printed for `serverCertificateHashes`.
+fn cert_hash(server: &Server) -> String {
     server
         .stdout_lines
         .lock()
@@ -38,7 +40,7 @@ fn certificate_hash(server: &Server) -> String {
 fn chromium_joins_over_webtransport_and_meets_a_native_participant() {
     let chromium = chromium();
     let server = Server::start("browser", &["--shards", "2"]);
-    let hash = certificate_hash(&server);
+    let hash = cert_hash(&server);
     let meeting = "browser-room";
     let mut native = Client::connect(server.quic);
     native.join_ok(
@@ -115,7 +117,7 @@ fn chromium_reads_the_signaling_close_code_and_reason_of_each_server_close() {
         "browser-close",
         &["--shards", "2", "--rate-limit", "20", "--rate-burst", "20"],
     );
-    let hash = certificate_hash(&server);
+    let hash = cert_hash(&server);
     let url = format!("https://127.0.0.1:{}/meetings/", server.quic.port());
     let token = |m: &str, who: &str| server.token(m, Role::Participant, who);
     let params = [
@@ -176,4 +178,108 @@ fn chromium_reads_the_signaling_close_code_and_reason_of_each_server_close() {
         }
     }
     assert!(out.status.success(), "browser run failed: {text}");
+}
+
+/// Chromium joins a meeting on one controller with the `migrate` capability; the controller is
+/// drained (SIGTERM) and the page follows the meeting to the other controller over
+/// WebTransport, keeping its participant id, and receives a message sent there.
+#[test]
+#[ignore = "needs chromium and node; run by .ci/stages/30-browser.sh"]
+fn chromium_follows_a_meeting_to_another_controller() {
+    use support::fleet::Fleet;
+    use support::follow::{pump_until, Member, Transport};
+
+    let chromium = chromium();
+    let mut fleet = Fleet::new("20s");
+    fleet.start("mc-a", true);
+    fleet.start("mc-b", true);
+    let meeting = "browser-move";
+    fleet.assign("mc-a", meeting);
+    let a = fleet.server("mc-a");
+    // The fleet shares one development certificate, so one hash serves both controllers.
+    let hash = cert_hash(a);
+    let signer = a.signer.clone();
+    let mut native = vec![Member::join(
+        &signer,
+        a.quic,
+        "mc-a",
+        meeting,
+        "native",
+        Role::Host,
+        Transport::Native,
+    )];
+    let url = format!("https://127.0.0.1:{}/meetings/{meeting}", a.quic.port());
+    let token = a.token(meeting, Role::Participant, "browser");
+    let mut node = Command::new("node")
+        .args([
+            "tests/browser/run.mjs",
+            "--url",
+            &url,
+            "--hash",
+            &hash,
+            "--token",
+            &token,
+            "--migrate",
+            "1",
+            "--chromium",
+            &chromium,
+            "--timeout",
+            "90",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node not installed");
+    assert!(
+        pump_until(&mut native, Duration::from_secs(60), |m| m[0]
+            .log
+            .iter()
+            .any(|x| matches!(x, ServerMessage::ParticipantJoined { .. }))),
+        "the browser never joined"
+    );
+    native[0].log.clear();
+    fleet.server("mc-a").sigterm();
+    assert!(
+        pump_until(&mut native, Duration::from_secs(30), |m| m[0].controller
+            == "mc-b"
+            && !m[0].moving()),
+        "the native participant did not follow"
+    );
+    native[0].say(1);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        pump_until(&mut native, Duration::from_millis(20), |_| false);
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "browser run timed out");
+    };
+    let mut out = String::new();
+    use std::io::Read;
+    node.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    eprintln!("{out}");
+    assert!(status.success(), "browser run failed: {out}");
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["moved_to"], "mc-b");
+    // The browser left voluntarily at the target; no meeting ended anywhere.
+    assert!(
+        pump_until(&mut native, Duration::from_secs(10), |m| m[0]
+            .log
+            .iter()
+            .any(|x| matches!(
+                x,
+                ServerMessage::ParticipantLeft {
+                    reason: LeaveReason::Voluntary,
+                    ..
+                }
+            ))),
+        "no voluntary leave from the browser at the target"
+    );
+    // Nothing else: no participant_left/joined around the move.
+    assert_eq!(native[0].churn().len(), 1, "{:?}", native[0].churn());
+    assert!(fleet.gc.meetings_ended().is_empty());
 }

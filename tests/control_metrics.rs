@@ -149,7 +149,33 @@ fn every_metric_exists_for_every_shard() {
         "status",
         "le",
         "version",
+        // Migration: `exported`/`imported` and `notified`/`returned`/`lost`.
+        "direction",
+        "outcome",
     ];
+    // The migration series exist at zero before any migration (alerts and dashboards get data).
+    for (name, labels) in [
+        ("mc_migrations_started_total", &[][..]),
+        ("mc_migrations_completed_total", &[][..]),
+        (
+            "mc_migrations_failed_total",
+            &[("reason", "gc_refused")][..],
+        ),
+        (
+            "mc_migration_participants_total",
+            &[("shard", "1"), ("outcome", "lost")][..],
+        ),
+        (
+            "mc_migration_meetings_total",
+            &[("shard", "0"), ("direction", "imported")][..],
+        ),
+    ] {
+        assert_eq!(
+            metric_value(&text, name, labels),
+            Some(0.0),
+            "{name} {labels:?}"
+        );
+    }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(labels) = line
             .split_once('{')

@@ -195,6 +195,7 @@ fn join_msg(meeting: &str, token: &str, name: &str) -> ClientMessage {
         display_name: name.into(),
         request_id: None,
         resume: None,
+        capabilities: Vec::new(),
     }
 }
 
@@ -768,6 +769,7 @@ fn case_request_id_too_long(rig: &mut Rig) {
         display_name: "u".into(),
         request_id: Some("r".repeat(65)),
         resume: None,
+        capabilities: Vec::new(),
     });
     expect_rejected(&mut c, "request_id of 65", ErrorCode::InvalidRequest, 0x101);
 }
@@ -780,6 +782,7 @@ fn case_join_twice(rig: &mut Rig) {
         display_name: "again".into(),
         request_id: Some("second".into()),
         resume: None,
+        capabilities: Vec::new(),
     });
     let err = c.expect("conflict", is_error(ErrorCode::Conflict));
     assert!(
@@ -1105,6 +1108,7 @@ fn case_resume_with_own_binding_token_for_another(rig: &mut Rig) {
                 participant_id: pid.into(),
                 binding_token: binding.into(),
             }),
+            capabilities: Vec::new(),
         });
         expect_rejected(
             &mut c,
@@ -1143,6 +1147,7 @@ fn case_resume_with_own_binding_token_for_another(rig: &mut Rig) {
             participant_id: m_id.clone(),
             binding_token,
         }),
+        capabilities: Vec::new(),
     });
     let jr = again.expect("own resume", |m| {
         matches!(m, ServerMessage::JoinResponse { .. })
@@ -1652,6 +1657,7 @@ fn case_gone_participants_cannot_resume(rig: &mut Rig) {
                 participant_id: pid.clone(),
                 binding_token: binding.clone(),
             }),
+            capabilities: Vec::new(),
         });
         expect_rejected(&mut c, what, ErrorCode::Unauthorized, 0x102);
     }
@@ -1814,6 +1820,7 @@ fn case_one_byte_drip_of_a_valid_join(rig: &mut Rig) {
         display_name: "drip".into(),
         request_id: Some("drip".into()),
         resume: None,
+        capabilities: Vec::new(),
     });
     for b in join.iter() {
         c.send_raw(std::slice::from_ref(b));

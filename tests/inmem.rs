@@ -733,6 +733,7 @@ fn every_token_failure_is_unauthorized_and_closes() {
                 display_name: "x".into(),
                 request_id: None,
                 resume: None,
+                capabilities: Vec::new(),
             },
         );
         let err = h.expect(c, what, is_error(ErrorCode::Unauthorized));
@@ -775,6 +776,7 @@ fn protocol_violations_are_answered_and_closed() {
         display_name: "n".into(),
         request_id: None,
         resume: None,
+        capabilities: Vec::new(),
     });
     closes_with_invalid_request(&mut h, S1, &bad_join, "malformed meeting id");
 
@@ -807,6 +809,7 @@ fn protocol_violations_are_answered_and_closed() {
         display_name: "drip".into(),
         request_id: Some("r-1".into()),
         resume: None,
+        capabilities: Vec::new(),
     });
     for b in join.iter() {
         h.send_raw(c, std::slice::from_ref(b));

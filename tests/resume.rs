@@ -113,6 +113,7 @@ fn resume_join(server: &Server, sub: &str, pid: &str, binding: &str) -> ClientMe
             participant_id: pid.into(),
             binding_token: binding.into(),
         }),
+        capabilities: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ fn join(meeting: &str, token: String, name: &str) -> ClientMessage {
         display_name: name.into(),
         request_id: None,
         resume: None,
+        capabilities: Vec::new(),
     }
 }
 
@@ -236,6 +237,7 @@ fn a_join_naming_another_meeting_than_the_session_path_is_refused() {
             display_name: "x".into(),
             request_id: Some("j1".into()),
             resume: None,
+            capabilities: Vec::new(),
         });
         let err = wt.expect("invalid_request", |m| {
             matches!(

@@ -46,6 +46,7 @@ fn frames(dir: &Path, signer: &TokenSigner) {
         display_name: "Ada".into(),
         request_id: Some("r-1".into()),
         resume: None,
+        capabilities: Vec::new(),
     };
     let resume = ClientMessage::Join {
         meeting_id: "m-1".into(),
@@ -57,6 +58,7 @@ fn frames(dir: &Path, signer: &TokenSigner) {
             binding_token: "AQAAAAAAAAAqAAABi8_l3TAH9JZbV9XbC_G5Y1j6Irp0ZQu_vCk-gQaiN_ZyGfc04Q"
                 .into(),
         }),
+        capabilities: Vec::new(),
     };
     let msgs = [
         ("join", join),
@@ -355,6 +357,7 @@ fn h3_sessions(dir: &Path, signer: &TokenSigner) {
                                 display_name: "Ada".into(),
                                 request_id: None,
                                 resume: None,
+                                capabilities: Vec::new(),
                             });
                             client.send_stream_data(s, &join, false);
                         }

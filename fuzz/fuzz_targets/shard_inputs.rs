@@ -281,6 +281,7 @@ impl Sim {
                     display_name: "again".into(),
                     request_id: None,
                     resume: None,
+                    capabilities: Vec::new(),
                 }
             }
             Msg::Unknown => ClientMessage::Unknown,
@@ -309,6 +310,7 @@ impl Sim {
                     display_name: "n".repeat(usize::from(*name) + 1),
                     request_id: Some(format!("r{slot}")),
                     resume: None,
+                    capabilities: Vec::new(),
                 })
                 .to_vec();
                 if let Some(msg) = in_same_write {
@@ -346,6 +348,7 @@ impl Sim {
                         participant_id: k.pid.clone(),
                         binding_token: binding,
                     }),
+                    capabilities: Vec::new(),
                 });
                 let pid = k.pid.clone();
                 let (c, _) = self.open(*slot);

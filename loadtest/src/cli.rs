@@ -155,6 +155,21 @@ pub struct Args {
     /// Send `leave` at the end instead of closing the connections.
     #[arg(long)]
     pub leave_at_end: bool,
+    /// `rolling-drain`: controllers in the fleet the generator starts.
+    #[arg(long, default_value_t = 3)]
+    pub controllers: usize,
+    /// `rolling-drain`: the `mc` binary to start [default: `mc` next to this executable].
+    #[arg(long)]
+    pub mc_binary: Option<PathBuf>,
+    /// `rolling-drain`: shards per controller.
+    #[arg(long, default_value_t = 2)]
+    pub mc_shards: u16,
+    /// `rolling-drain`: time under load before the first drain and after each restart.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    pub drain_interval: Duration,
+    /// `rolling-drain`: `--drain-timeout` of the controllers (meetings that cannot move end then).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub mc_drain_timeout: Duration,
 }
 
 /// Workload shapes.
@@ -168,6 +183,10 @@ pub enum Scenario {
     JoinStorm,
     /// Like `meetings`, plus `--churn-rate` leave-and-rejoin events per second.
     Churn,
+    /// Runs a fake GC and `--controllers` controllers itself, `--meetings` meetings per
+    /// controller, then restarts the controllers one after another (SIGTERM, re-register)
+    /// while participants follow `migrate`.
+    RollingDrain,
 }
 
 impl Scenario {
@@ -178,6 +197,7 @@ impl Scenario {
             Scenario::LargeMeeting => "large-meeting",
             Scenario::JoinStorm => "join-storm",
             Scenario::Churn => "churn",
+            Scenario::RollingDrain => "rolling-drain",
         }
     }
 }
@@ -292,12 +312,12 @@ impl Args {
         let participants = self.participants.unwrap_or(match self.scenario {
             Scenario::LargeMeeting => 1000,
             Scenario::JoinStorm => 2,
-            Scenario::Meetings | Scenario::Churn => 5,
+            Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain => 5,
         });
         let rate = self.rate.unwrap_or(match self.scenario {
             Scenario::LargeMeeting => 1.0,
             Scenario::JoinStorm => 0.0,
-            Scenario::Meetings | Scenario::Churn => 3.0,
+            Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain => 3.0,
         });
         let ramp = self.ramp.unwrap_or(match self.scenario {
             Scenario::LargeMeeting => Duration::from_secs(30),
@@ -306,7 +326,11 @@ impl Args {
         if participants == 0 {
             return bad("--participants must be at least 1");
         }
-        if matches!(self.scenario, Scenario::Meetings | Scenario::Churn) && self.meetings == 0 {
+        if matches!(
+            self.scenario,
+            Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain
+        ) && self.meetings == 0
+        {
             return bad("--meetings must be at least 1");
         }
         if !(rate.is_finite() && (0.0..=100_000.0).contains(&rate)) {
@@ -372,7 +396,9 @@ impl Args {
         }
         let total = u64::from(participants)
             * match self.scenario {
-                Scenario::Meetings | Scenario::Churn => u64::from(self.meetings),
+                Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain => {
+                    u64::from(self.meetings)
+                }
                 Scenario::LargeMeeting => 1,
                 Scenario::JoinStorm => 0,
             };
@@ -410,6 +436,42 @@ impl Args {
             hlog: self.hlog,
             quiet: self.quiet,
             leave_at_end: self.leave_at_end,
+        })
+    }
+}
+
+impl Args {
+    /// Settings of `--scenario rolling-drain`.
+    pub fn rolling(&self) -> Result<crate::rolling::RollingSettings, UsageError> {
+        if self.controllers < 2 {
+            return bad("--controllers must be at least 2 for rolling-drain");
+        }
+        if self.meetings == 0 {
+            return bad("--meetings must be at least 1");
+        }
+        let participants = self.participants.unwrap_or(3);
+        if participants < 2 {
+            return bad("--participants must be at least 2 for rolling-drain");
+        }
+        let rate = self.rate.unwrap_or(2.0);
+        if !(rate.is_finite() && rate >= 0.0) {
+            return bad("--rate must be a non-negative number");
+        }
+        Ok(crate::rolling::RollingSettings {
+            controllers: self.controllers,
+            mc_binary: self
+                .mc_binary
+                .clone()
+                .unwrap_or_else(crate::rolling::default_mc_binary),
+            shards: self.mc_shards.max(1),
+            meetings_per_controller: self.meetings,
+            participants,
+            rate,
+            transport: self.transport,
+            threads: self.threads.max(1),
+            drain_interval: self.drain_interval,
+            drain_timeout: self.mc_drain_timeout,
+            json: self.json,
         })
     }
 }

@@ -15,6 +15,7 @@ mod payload;
 mod plan;
 mod plot;
 mod report;
+mod rolling;
 mod run;
 mod stats;
 mod timer;
@@ -31,6 +32,9 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return ExitCode::from(mc::config::clap_exit(&e) as u8),
     };
+    if args.scenario == cli::Scenario::RollingDrain {
+        return rolling_drain(&args);
+    }
     let settings = match args.validate() {
         Ok(s) => s,
         Err(e) => {
@@ -47,6 +51,27 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+fn rolling_drain(args: &cli::Args) -> ExitCode {
+    let settings = match args.rolling() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mc-loadtest: {e}");
+            return ExitCode::from(cli::EXIT_USAGE as u8);
+        }
+    };
+    match rolling::run(settings) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("mc-loadtest: meetings ended, participants or messages were lost");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mc-loadtest: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

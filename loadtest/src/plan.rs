@@ -74,7 +74,7 @@ impl Plan {
         let mut participants = Vec::new();
         let meetings;
         match s.scenario {
-            Scenario::Meetings | Scenario::Churn => {
+            Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain => {
                 meetings = s.meetings;
                 let total = u64::from(s.meetings) * u64::from(p);
                 for i in 0..total {

@@ -240,7 +240,7 @@ impl Report {
             "threads": s.threads,
             "conns_per_socket": s.conns_per_socket,
             "meetings": match s.scenario {
-                Scenario::Meetings | Scenario::Churn => Value::from(s.meetings),
+                Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain => Value::from(s.meetings),
                 Scenario::LargeMeeting => Value::from(1),
                 Scenario::JoinStorm => Value::Null,
             },
@@ -315,7 +315,7 @@ impl Report {
         let c = &self.counters;
         let mut t = String::new();
         let shape = match s.scenario {
-            Scenario::Meetings | Scenario::Churn => format!(
+            Scenario::Meetings | Scenario::Churn | Scenario::RollingDrain => format!(
                 "{} meetings x {} participants, {} msg/s per sender",
                 s.meetings, s.participants, s.rate
             ),

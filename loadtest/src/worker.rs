@@ -742,6 +742,7 @@ fn send_join(ctx: &mut Ctx, part: &mut Participant, now: Instant) {
         display_name: display_name(part.plan.idx, part.epoch),
         request_id: None,
         resume: None,
+        capabilities: Vec::new(),
     });
     part.join_sent = now;
     part.phase = Phase::Joining;
@@ -1134,7 +1135,10 @@ fn on_message(ctx: &mut Ctx, part: &mut Participant, p: usize, msg: ServerMessag
         ServerMessage::MeetingEnded { reason } => {
             ctx.error(format!("meeting_ended:{}", reason.as_str()));
         }
-        ServerMessage::MuteUpdate { .. } | ServerMessage::Pong { .. } => {}
+        // `migrate` is never sent: the generator does not announce the capability.
+        ServerMessage::MuteUpdate { .. }
+        | ServerMessage::Pong { .. }
+        | ServerMessage::Migrate { .. } => {}
     }
 }
 

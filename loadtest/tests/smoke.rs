@@ -374,3 +374,66 @@ fn bad_flags_exit_with_usage_code() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--hlog"));
 }
+
+#[test]
+fn rolling_drain_moves_every_meeting_and_loses_nothing() {
+    let out = Command::new(LOADTEST)
+        .args([
+            "--scenario",
+            "rolling-drain",
+            "--controllers",
+            "2",
+            "--meetings",
+            "2",
+            "--participants",
+            "3",
+            "--rate",
+            "5",
+            "--drain-interval",
+            "1s",
+            "--json",
+        ])
+        .arg("--mc-binary")
+        .arg(server_binary())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run mc-loadtest");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(count(&report, &["meetings_ended"]), 0, "{report:#}");
+    assert_eq!(count(&report, &["participants_lost"]), 0, "{report:#}");
+    assert_eq!(
+        count(&report, &["participant_left_events"]),
+        0,
+        "{report:#}"
+    );
+    assert_eq!(count(&report, &["messages", "lost"]), 0, "{report:#}");
+    assert_eq!(
+        count(&report, &["messages", "out_of_order"]),
+        0,
+        "{report:#}"
+    );
+    assert!(count(&report, &["messages", "delivered"]) > 0, "{report:#}");
+    // Every participant moved at least once (each controller was restarted once).
+    assert!(
+        count(&report, &["reconnect_gap", "count"]) >= 12,
+        "{report:#}"
+    );
+    assert!(
+        count(&report, &["migration_time_per_meeting", "count"]) >= 4,
+        "{report:#}"
+    );
+    let p50 = ms(&report, &["reconnect_gap", "p50_ms"]);
+    let p99 = ms(&report, &["reconnect_gap", "p99_ms"]);
+    assert!(p50 > 0.0 && p50 <= p99, "{report:#}");
+}
+
+#[test]
+fn rolling_drain_needs_two_controllers() {
+    let st = Command::new(LOADTEST)
+        .args(["--scenario", "rolling-drain", "--controllers", "1"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run mc-loadtest");
+    assert_eq!(st.code(), Some(64));
+}

@@ -1,6 +1,8 @@
 //! `mc-fake-gc`: a fake Global Controller for manual runs and load tests.
 //!
-//! Serves the GC side of control plane v1 (register, heartbeat, meeting ended) and prints every
+//! Serves the GC side of control plane v1 (register, heartbeat, meeting ended) and the
+//! migration extension (`POST /api/v1/meetings/{id}/migrate`: a target among the other
+//! registered controllers that are not draining; see `docs/control-plane.md`), and prints every
 //! request it receives as one JSON line on stdout.
 //!
 //! ```text

@@ -29,6 +29,13 @@ pub enum AdminVerb {
     Reregister,
     /// `GET /admin/shards`, printed as a table.
     Shards,
+    /// `POST /admin/meetings/{id}/migrate` with `{"to": ...}`.
+    Migrate {
+        /// Meeting id.
+        id: String,
+        /// Target controller id; `None` lets the GC choose.
+        to: Option<String>,
+    },
 }
 
 /// How `mc admin` prints what the controller answered.
@@ -105,6 +112,7 @@ pub fn admin_command_as(
         AdminVerb::Undrain => ("POST", format!("{base}/admin/undrain")),
         AdminVerb::Reregister => ("POST", format!("{base}/admin/reregister")),
         AdminVerb::Shards => ("GET", format!("{base}/admin/shards")),
+        AdminVerb::Migrate { id, .. } => ("POST", format!("{}/migrate", meeting_path(id)?)),
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
@@ -115,10 +123,16 @@ pub fn admin_command_as(
     let result = match method {
         "GET" => agent.get(&target).header("Authorization", &auth).call(),
         "DELETE" => agent.delete(&target).header("Authorization", &auth).call(),
-        _ => agent
-            .post(&target)
-            .header("Authorization", &auth)
-            .send_empty(),
+        _ => match &verb {
+            AdminVerb::Migrate { to, .. } => agent
+                .post(&target)
+                .header("Authorization", &auth)
+                .send_json(serde_json::json!({ "to": to })),
+            _ => agent
+                .post(&target)
+                .header("Authorization", &auth)
+                .send_empty(),
+        },
     };
     let mut resp = result.map_err(|e| AdminError::Transport(e.to_string()))?;
     let status = resp.status().as_u16();
@@ -164,6 +178,7 @@ impl From<crate::config::AdminVerbArg> for AdminVerb {
             A::Undrain => AdminVerb::Undrain,
             A::Reregister => AdminVerb::Reregister,
             A::Shards => AdminVerb::Shards,
+            A::Migrate { id, to } => AdminVerb::Migrate { id, to },
         }
     }
 }

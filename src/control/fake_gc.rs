@@ -11,7 +11,7 @@
 //! assert!(gc.wait_until(std::time::Duration::from_secs(5), |r| !r.is_empty()));
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +29,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
-use super::gc::{Heartbeat, MeetingEndedNotice, RegisterRequest};
+use super::gc::{Health, Heartbeat, MeetingEndedNotice, RegisterRequest};
+use super::migrate_wire::{MigrateRequest, MigrateTarget};
 use crate::core::protocol::MediaHandler;
 
 /// What the fake GC answers at registration.
@@ -122,11 +123,26 @@ impl Received {
     }
 }
 
+/// What the fake GC knows of a registered controller (for migration targets).
+#[derive(Debug, Clone)]
+struct ControllerRecord {
+    reg: RegisterRequest,
+    /// Health of its last heartbeat (`None` before the first).
+    health: Option<Health>,
+    /// Meetings: from its last heartbeat, plus the migrations sent to it since.
+    meetings: usize,
+    /// Participants, likewise.
+    participants: usize,
+}
+
 #[derive(Debug)]
 struct State {
     cfg: FakeGcConfig,
     fault: Fault,
     known: HashSet<String>,
+    controllers: BTreeMap<String, ControllerRecord>,
+    /// Meeting → controller chosen by the last migration of it.
+    placements: BTreeMap<String, String>,
     received: Vec<Received>,
 }
 
@@ -154,6 +170,8 @@ impl FakeGc {
             cfg,
             fault: Fault::None,
             known: HashSet::new(),
+            controllers: BTreeMap::new(),
+            placements: BTreeMap::new(),
             received: Vec::new(),
         }));
         let (listen_tx, listen_rx) = watch::channel(true);
@@ -251,6 +269,16 @@ impl FakeGc {
         let mut v: Vec<String> = lock(&self.state).known.iter().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Migration requests (`POST /api/v1/meetings/{id}/migrate`).
+    pub fn migrations(&self) -> Vec<Received> {
+        self.filtered(|r| r.path.starts_with("/api/v1/meetings/") && r.path.ends_with("/migrate"))
+    }
+
+    /// The controller the last successful migration of `meeting_id` went to.
+    pub fn placement(&self, meeting_id: &str) -> Option<String> {
+        lock(&self.state).placements.get(meeting_id).cloned()
     }
 
     /// Forgets everything received so far.
@@ -499,7 +527,17 @@ fn decide(
                 json!({ "accepted": false, "message": "registration refused (injected)" }),
             );
         }
-        s.known.insert(reg.id);
+        s.known.insert(reg.id.clone());
+        // A (re)registration starts with a clean slate: the old process's drain is over.
+        s.controllers.insert(
+            reg.id.clone(),
+            ControllerRecord {
+                reg,
+                health: None,
+                meetings: 0,
+                participants: 0,
+            },
+        );
         return (
             StatusCode::OK,
             json!({
@@ -514,19 +552,50 @@ fn decide(
         .strip_prefix("/api/v1/controllers/")
         .and_then(|p| p.strip_suffix("/heartbeat"))
     {
-        if serde_json::from_value::<Heartbeat>(body.clone()).is_err() {
+        let Ok(hb) = serde_json::from_value::<Heartbeat>(body.clone()) else {
             return (
                 StatusCode::BAD_REQUEST,
                 json!({ "error": "bad heartbeat body" }),
             );
-        }
+        };
         if !s.known.contains(id) {
             return (
                 StatusCode::NOT_FOUND,
                 json!({ "error": "unknown controller" }),
             );
         }
+        if let Some(c) = s.controllers.get_mut(id) {
+            c.health = Some(hb.health);
+            c.meetings = hb.capacity.current_meetings;
+            c.participants = hb.capacity.current_participants;
+        }
         return (StatusCode::OK, json!({}));
+    }
+    if let Some(meeting) = path
+        .strip_prefix("/api/v1/meetings/")
+        .and_then(|p| p.strip_suffix("/migrate"))
+    {
+        let Ok(req) = serde_json::from_value::<MigrateRequest>(body.clone()) else {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "invalid_request", "message": "bad migrate body" }),
+            );
+        };
+        return match choose_target(s, &req) {
+            Ok(t) => {
+                if let Some(c) = s.controllers.get_mut(&t.target_controller_id) {
+                    c.meetings += 1;
+                    c.participants += req.participants;
+                }
+                s.placements
+                    .insert(meeting.to_owned(), t.target_controller_id.clone());
+                (StatusCode::OK, serde_json::to_value(&t).unwrap_or_default())
+            }
+            Err((reason, message)) => (
+                StatusCode::CONFLICT,
+                json!({ "error": reason, "message": message }),
+            ),
+        };
     }
     if path.starts_with("/api/v1/meetings/") && path.ends_with("/ended") {
         if serde_json::from_value::<MeetingEndedNotice>(body.clone()).is_err() {
@@ -538,4 +607,164 @@ fn decide(
         return (StatusCode::OK, json!({}));
     }
     (StatusCode::NOT_FOUND, json!({ "error": "not found" }))
+}
+
+/// The migration target: a registered controller other than the source, not draining, not
+/// unhealthy, with room for one more meeting and its participants; the least loaded (by
+/// meetings, then id). With `to`, only that controller, if it qualifies.
+fn choose_target(s: &State, req: &MigrateRequest) -> Result<MigrateTarget, (&'static str, String)> {
+    let eligible = |c: &ControllerRecord| {
+        c.reg.id != req.controller_id
+            && s.known.contains(&c.reg.id)
+            && !matches!(c.health, Some(Health::Draining | Health::Unhealthy))
+            && c.meetings < c.reg.max_meetings
+            && c.participants + req.participants <= c.reg.max_participants
+    };
+    let chosen = match &req.to {
+        Some(to) => {
+            let Some(c) = s
+                .controllers
+                .get(to)
+                .filter(|c| s.known.contains(&c.reg.id))
+            else {
+                return Err((
+                    "unknown_target",
+                    format!("no controller {to} is registered"),
+                ));
+            };
+            if !eligible(c) {
+                return Err((
+                    "target_unavailable",
+                    format!("controller {to} is the source, draining, unhealthy or full"),
+                ));
+            }
+            c
+        }
+        None => s
+            .controllers
+            .values()
+            .filter(|c| eligible(c))
+            .min_by(|a, b| a.meetings.cmp(&b.meetings).then(a.reg.id.cmp(&b.reg.id)))
+            .ok_or((
+                "no_target",
+                "no other controller can take the meeting".to_owned(),
+            ))?,
+    };
+    Ok(MigrateTarget {
+        target_controller_id: chosen.reg.id.clone(),
+        control_url: chosen.reg.control_url.clone(),
+        quic_endpoint: chosen.reg.quic_endpoint.clone(),
+        webtransport_url: chosen.reg.webtransport_url.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            cfg: FakeGcConfig::default(),
+            fault: Fault::None,
+            known: HashSet::new(),
+            controllers: BTreeMap::new(),
+            placements: BTreeMap::new(),
+            received: Vec::new(),
+        }
+    }
+
+    fn register(s: &mut State, id: &str, max_meetings: usize) {
+        let body = json!({
+            "id": id, "region": "r", "quic_endpoint": format!("{id}:4433"),
+            "webtransport_url": format!("https://{id}:4433"), "control_url": format!("http://{id}:8080"),
+            "shards": 1, "max_meetings": max_meetings, "max_participants": 100, "version": "t",
+        });
+        let (st, _) = decide(
+            s,
+            &Method::POST,
+            "/api/v1/controllers/register",
+            None,
+            &body,
+        );
+        assert_eq!(st, StatusCode::OK);
+    }
+
+    fn heartbeat(s: &mut State, id: &str, health: &str, meetings: usize) {
+        let body = json!({
+            "kind": "fast", "health": health,
+            "capacity": {"max_meetings": 10, "current_meetings": meetings, "max_participants": 100, "current_participants": 0},
+            "shards": [],
+        });
+        let (st, _) = decide(
+            s,
+            &Method::POST,
+            &format!("/api/v1/controllers/{id}/heartbeat"),
+            None,
+            &body,
+        );
+        assert_eq!(st, StatusCode::OK);
+    }
+
+    fn migrate(s: &mut State, from: &str, to: Option<&str>) -> (StatusCode, Value) {
+        let mut body = json!({ "controller_id": from, "participants": 2 });
+        if let Some(t) = to {
+            body["to"] = json!(t);
+        }
+        decide(s, &Method::POST, "/api/v1/meetings/m1/migrate", None, &body)
+    }
+
+    #[test]
+    fn migration_targets_are_live_other_controllers_with_room() {
+        let mut s = state();
+        register(&mut s, "a", 10);
+        let (st, body) = migrate(&mut s, "a", None);
+        assert_eq!(
+            (st, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("no_target"))
+        );
+        register(&mut s, "b", 10);
+        register(&mut s, "c", 10);
+        heartbeat(&mut s, "b", "healthy", 3);
+        heartbeat(&mut s, "c", "healthy", 1);
+        let (st, body) = migrate(&mut s, "a", None);
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(body["target_controller_id"], "c", "least loaded");
+        assert_eq!(body["control_url"], "http://c:8080");
+        assert_eq!(body["quic_endpoint"], "c:4433");
+        assert_eq!(body["webtransport_url"], "https://c:4433");
+        // A draining controller is never chosen, even when asked for by name.
+        heartbeat(&mut s, "c", "draining", 0);
+        let (_, body) = migrate(&mut s, "a", None);
+        assert_eq!(body["target_controller_id"], "b");
+        let (st, body) = migrate(&mut s, "a", Some("c"));
+        assert_eq!(
+            (st, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("target_unavailable"))
+        );
+        let (st, body) = migrate(&mut s, "a", Some("zz"));
+        assert_eq!(
+            (st, body["error"].as_str()),
+            (StatusCode::CONFLICT, Some("unknown_target"))
+        );
+        // The source itself is never a target.
+        let (st, _) = migrate(&mut s, "b", Some("b"));
+        assert_eq!(st, StatusCode::CONFLICT);
+        // Full controllers are skipped.
+        heartbeat(&mut s, "b", "healthy", 10);
+        let (st, _) = migrate(&mut s, "a", None);
+        assert_eq!(st, StatusCode::CONFLICT);
+        // A controller that re-registers after its restart is a target again.
+        register(&mut s, "c", 10);
+        let (_, body) = migrate(&mut s, "a", None);
+        assert_eq!(body["target_controller_id"], "c");
+        assert_eq!(s.placements.get("m1").map(String::as_str), Some("c"));
+        let (st, _) = decide(
+            &mut s,
+            &Method::POST,
+            "/api/v1/meetings/m1/migrate",
+            None,
+            &json!({"x": 1}),
+        );
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
 }

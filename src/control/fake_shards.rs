@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::core::ids::{MeetingId, ShardId};
 use crate::core::meeting::{MeetingDetail, MeetingSummary, ParticipantAdmin};
+use crate::core::migration::{ExportError, ImportError};
 use crate::core::protocol::{EndReason, MediaHandler, Role};
 use crate::core::router::Router;
 use crate::core::shard::{AssignOutcome, ShardEvent};
@@ -166,6 +167,10 @@ fn request_name(req: &ShardRequest) -> String {
         ShardRequest::SetDraining(b) => format!("SetDraining({b})"),
         ShardRequest::EndAll(r) => format!("EndAll({})", r.as_str()),
         ShardRequest::Shutdown => "Shutdown".into(),
+        ShardRequest::Export { meeting_id, .. } => format!("Export({meeting_id})"),
+        ShardRequest::CommitExport(id, t) => format!("CommitExport({id},{})", t.controller_id),
+        ShardRequest::AbortExport(id) => format!("AbortExport({id})"),
+        ShardRequest::Import(e) => format!("Import({})", e.meeting_id),
     }
 }
 
@@ -297,6 +302,20 @@ fn answer(
             st.loose_connections = 0;
             ShardReply::EndedAll(ids.len())
         }
+        // The model has no clients, so none follows `migrate`: its meetings never move (the
+        // real shards' migration is tested in core and end to end).
+        ShardRequest::Export { meeting_id, .. } => {
+            ShardReply::Exported(Err(if st.meetings.contains_key(meeting_id.as_str()) {
+                ExportError::ClientsUnsupported
+            } else {
+                ExportError::NotFound
+            }))
+        }
+        ShardRequest::CommitExport(..) => ShardReply::Committed(None),
+        ShardRequest::AbortExport(_) => ShardReply::Aborted(false),
+        ShardRequest::Import(_) => ShardReply::Imported(Err(ImportError::Invalid(
+            "the fake shard runtime does not import meetings".into(),
+        ))),
         ShardRequest::Shutdown => {
             st.shut_down = true;
             ShardReply::Done

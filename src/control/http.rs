@@ -185,7 +185,7 @@ async fn serve(shared: Arc<Shared>, stream: tokio::net::TcpStream, peer: SocketA
 // Response helpers
 // ------------------------------------------------------------------------------------------
 
-fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
+pub(super) fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
     let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     bytes.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
@@ -195,7 +195,7 @@ fn json_resp(status: StatusCode, body: &impl Serialize) -> Resp {
     r
 }
 
-fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Resp {
+pub(super) fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Resp {
     json_resp(
         status,
         &json!({ "error": code, "message": message.to_string() }),
@@ -256,6 +256,11 @@ fn authorization(req: &Request<Incoming>) -> Option<&[u8]> {
 // ------------------------------------------------------------------------------------------
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    // Migration imports carry a whole meeting: their own body limit, checked there.
+    if let Some(id) = super::migration::import_path(req.uri().path()) {
+        let id = id.to_owned();
+        return Ok(super::migration::import(shared, req, id).await);
+    }
     let declared_len = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -604,6 +609,10 @@ async fn admin(shared: Arc<Shared>, req: Request<Incoming>, path: &str) -> Resp 
             }
         }
         (["meetings", _], _) => method_not_allowed("GET, DELETE"),
+        (["meetings", id, "migrate"], Method::POST) => {
+            super::migration::admin_migrate(shared, req, id).await
+        }
+        (["meetings", _, "migrate"], _) => method_not_allowed("POST"),
         (["shards"], Method::GET) => shards(shared).await,
         (["shards"], _) => method_not_allowed("GET"),
         (["drain"], Method::POST) => {

@@ -73,7 +73,14 @@ pub(crate) struct Metrics {
     registrations: Family<Labels1, Counter>,
     notifications: Family<Labels1, Counter>,
     refusals: Family<Labels1, Counter>,
+    migrations_started: Counter,
+    migrations_completed: Counter,
+    migrations_failed: Family<Labels1, Counter>,
+    migration_duration: Histogram,
 }
+
+/// Buckets of `mc_migration_duration_seconds`.
+const MIGRATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Static facts encoded with the shard figures.
 #[derive(Debug, Clone)]
@@ -138,6 +145,33 @@ impl Metrics {
             "Control HTTP connections closed unanswered and requests refused, by reason",
             refusals.clone(),
         );
+        let migrations_started = Counter::default();
+        let migrations_completed = Counter::default();
+        let migrations_failed = Family::<Labels1, Counter>::default();
+        for r in super::migration::FAILURE_REASONS {
+            let _ = migrations_failed.get_or_create(&[("reason", r)]);
+        }
+        let migration_duration = Histogram::new(MIGRATION_BUCKETS);
+        registry.register(
+            "mc_migrations_started",
+            "Meeting migrations attempted from this controller",
+            migrations_started.clone(),
+        );
+        registry.register(
+            "mc_migrations_completed",
+            "Meetings moved to another controller",
+            migrations_completed.clone(),
+        );
+        registry.register(
+            "mc_migrations_failed",
+            "Meeting migrations that failed, by reason (the meeting stayed here)",
+            migrations_failed.clone(),
+        );
+        registry.register(
+            "mc_migration_duration_seconds",
+            "Time from export to commit of completed meeting migrations",
+            migration_duration.clone(),
+        );
         registry.register_collector(Box::new(ShardCollector { pool, facts }));
         registry.register_collector(Box::new(ProcessCollector {
             start_time: super::procstat::start_time_seconds(),
@@ -149,7 +183,26 @@ impl Metrics {
             registrations,
             notifications,
             refusals,
+            migrations_started,
+            migrations_completed,
+            migrations_failed,
+            migration_duration,
         }
+    }
+
+    pub fn migration_started(&self) {
+        self.migrations_started.inc();
+    }
+
+    pub fn migration_completed(&self, took: Duration) {
+        self.migrations_completed.inc();
+        self.migration_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn migration_failed(&self, reason: &'static str) {
+        self.migrations_failed
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn gc_heartbeat(&self, kind: &'static str, status: &'static str, took: Duration) {
@@ -279,6 +332,25 @@ fn per_actor(
         }
     }
     rows
+}
+
+fn migration_events(v: &ShardView, keep: &[&str]) -> Vec<(&'static str, u64)> {
+    let mut out: Vec<(&'static str, u64)> = v
+        .snapshot
+        .migration
+        .iter()
+        .filter(|(k, _)| keep.contains(k))
+        .copied()
+        .collect();
+    // A shard that never answered still shows every series at 0.
+    if out.is_empty() {
+        out = crate::core::shard::MIGRATION_OUTCOMES
+            .iter()
+            .filter(|k| keep.contains(k))
+            .map(|k| (*k, 0))
+            .collect();
+    }
+    out
 }
 
 fn labelled(
@@ -424,6 +496,22 @@ impl Collector for ShardCollector {
             "mc_token_failures",
             "Rejected join or resume tokens, by reason",
             &labelled(&views, "reason", |v| v.snapshot.token_failures.clone()),
+        )?;
+        counter(
+            e,
+            "mc_migration_meetings",
+            "Meetings that left (exported) or arrived (imported) through a migration",
+            &labelled(&views, "direction", |v| {
+                migration_events(v, &["exported", "imported"])
+            }),
+        )?;
+        counter(
+            e,
+            "mc_migration_participants",
+            "Migrated participants: notified here to move, returned here after a move, or lost (never came back within the resume window)",
+            &labelled(&views, "outcome", |v| {
+                migration_events(v, &["notified", "returned", "lost"])
+            }),
         )?;
         counter(
             e,

@@ -36,6 +36,8 @@ pub mod fake_shards;
 pub mod gc;
 mod http;
 mod metrics;
+pub mod migrate_wire;
+mod migration;
 mod procstat;
 mod shards;
 
@@ -751,6 +753,11 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
     blocking(move || s.begin_drain(DrainSource::Signal)).await;
 
     let deadline = Instant::now() + shared.cfg.drain_timeout;
+    if migration::enabled(&shared) {
+        // Move what can move; the rest continues below exactly as without migration.
+        let s = Arc::clone(&shared);
+        blocking(move || migration::migrate_all(&s, deadline)).await;
+    }
     loop {
         let s = Arc::clone(&shared);
         let views = blocking(move || s.pool.refresh(s.timing.snapshot_timeout))

@@ -3,11 +3,12 @@
 //! A `Meeting` never talks to connections; the shard turns its answers into frames. Every
 //! method takes the time it needs as a parameter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::codec::Frame;
 use super::ids::{ConnId, MeetingId, ParticipantId};
 use super::protocol::{MediaHandler, ParticipantInfo, Role, ServerMessage};
 
@@ -38,6 +39,11 @@ pub struct Participant {
     pub disconnected_at: Option<Instant>,
     /// Nonce of the binding token currently valid for resume (single use).
     pub binding_nonce: Option<u64>,
+    /// Its client announced the `migrate` capability in its latest `join`.
+    pub follows_migrate: bool,
+    /// Imported by a migration and not back yet: frames due to it wait here (bounded) and are
+    /// delivered after its resume, so nothing sent meanwhile is lost.
+    pub held: Option<VecDeque<Frame>>,
 }
 
 impl Participant {
@@ -85,6 +91,12 @@ pub struct Meeting {
     pub last_activity: Instant,
     /// Since when the meeting has had no participant at all.
     pub empty_since: Option<Instant>,
+    /// Being exported to another controller: client messages are refused until commit/abort.
+    pub migrating: Option<String>,
+    /// Id of the migration that brought it here (a repeated import of it is a no-op).
+    pub imported_by: Option<String>,
+    /// Participants with a `held` queue.
+    holding: usize,
 }
 
 impl Meeting {
@@ -100,7 +112,50 @@ impl Meeting {
             created_unix_ms: unix_ms,
             last_activity: now,
             empty_since: Some(now),
+            migrating: None,
+            imported_by: None,
+            holding: 0,
         }
+    }
+
+    /// True while some imported participant has not come back (fan-outs also fill `held`).
+    pub fn is_holding(&self) -> bool {
+        self.holding > 0
+    }
+
+    /// Appends `frame` to the held queue of every participant not back yet (except `except`);
+    /// a full queue (`cap`) drops the frame for that participant. Returns the drops.
+    pub fn hold(&mut self, except: Option<&ParticipantId>, frame: &Frame, cap: usize) -> u64 {
+        let mut drops = 0;
+        for p in self.participants.values_mut() {
+            if Some(&p.id) == except || p.conn.is_some() {
+                continue;
+            }
+            if let Some(q) = p.held.as_mut() {
+                if q.len() >= cap {
+                    drops += 1;
+                } else {
+                    q.push_back(frame.clone());
+                }
+            }
+        }
+        drops
+    }
+
+    /// Takes the held frames of `id` (it is back).
+    pub fn take_held(&mut self, id: &ParticipantId) -> Option<VecDeque<Frame>> {
+        let held = self.get_mut(id)?.held.take();
+        if held.is_some() {
+            self.holding -= 1;
+        }
+        held
+    }
+
+    /// Adds an imported participant that has a held queue.
+    pub fn add_held(&mut self, mut p: Participant, now: Instant) {
+        p.held = Some(VecDeque::new());
+        self.holding += 1;
+        self.add(p, now);
     }
 
     /// Number of participants, including those within their resume window.
@@ -136,6 +191,9 @@ impl Meeting {
             .iter()
             .find_map(|(k, p)| (p.id == *id).then_some(*k))?;
         let p = self.participants.remove(&key);
+        if p.as_ref().is_some_and(|p| p.held.is_some()) {
+            self.holding -= 1;
+        }
         self.last_activity = now;
         if self.participants.is_empty() {
             self.empty_since = Some(now);

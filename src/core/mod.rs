@@ -7,6 +7,7 @@ pub mod binding;
 pub mod codec;
 pub mod ids;
 pub mod meeting;
+pub mod migration;
 pub mod protocol;
 pub mod router;
 pub mod shard;

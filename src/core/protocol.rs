@@ -25,6 +25,9 @@ pub struct ResumeRequest {
     pub binding_token: String,
 }
 
+/// `join.capabilities` entry of clients that follow [`ServerMessage::Migrate`].
+pub const CAPABILITY_MIGRATE: &str = "migrate";
+
 /// Messages a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -43,6 +46,10 @@ pub enum ClientMessage {
         /// Take over a participant after a disconnect.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<ResumeRequest>,
+        /// Optional features the client understands (extension; e.g. [`CAPABILITY_MIGRATE`]).
+        /// Unknown entries are ignored.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
     /// Leave voluntarily.
     Leave {},
@@ -288,6 +295,30 @@ pub enum ServerMessage {
     MeetingEnded {
         /// Why.
         reason: EndReason,
+    },
+    /// Extension: the meeting moves to another controller. The client connects to the target
+    /// and sends `join` with `resume{participant_id, binding_token}` from this message. Sent only
+    /// to clients whose `join` listed [`CAPABILITY_MIGRATE`]; the connection is closed (`0x0`)
+    /// right after.
+    Migrate {
+        /// The meeting.
+        meeting_id: String,
+        /// The participant (unchanged at the target).
+        participant_id: String,
+        /// Target controller id.
+        controller_id: String,
+        /// Target QUIC endpoint (`host:port`) for native clients.
+        quic_endpoint: String,
+        /// Target WebTransport URL for browsers.
+        webtransport_url: String,
+        /// Single-use binding token the target accepts for this participant.
+        binding_token: String,
+        /// How long the target keeps the participant's slot.
+        resume_window_ms: u64,
+        /// How many messages of this connection (its `join` included) were handled here —
+        /// delivered, answered or refused with an `error` — in the order sent. Any later
+        /// message was not handled: the client sends it again at the target.
+        messages_handled: u64,
     },
     /// A request failed.
     Error {

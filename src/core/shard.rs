@@ -23,8 +23,8 @@ use super::ids::{ConnId, MeetingId, ParticipantId, ShardId};
 use super::meeting::{Meeting, MeetingDetail, MeetingSummary, Participant};
 use super::protocol::{
     ClientMessage, EndReason, ErrorCode, LeaveReason, MediaHandler, ResumeRequest, Role,
-    ServerMessage, MAX_DISPLAY_NAME_BYTES, MAX_PAYLOAD_BYTES, MAX_RECIPIENTS, MAX_REQUEST_ID_LEN,
-    MAX_TOKEN_BYTES,
+    ServerMessage, CAPABILITY_MIGRATE, MAX_DISPLAY_NAME_BYTES, MAX_PAYLOAD_BYTES, MAX_RECIPIENTS,
+    MAX_REQUEST_ID_LEN, MAX_TOKEN_BYTES,
 };
 use super::router::Router;
 use super::token::{Claims, TokenVerifier};
@@ -128,6 +128,10 @@ pub struct HandoffJoin {
     pub request_id: Option<String>,
     /// Resume request.
     pub resume: Option<ResumeRequest>,
+    /// The client follows `migrate` (its `join.capabilities`).
+    pub follows_migrate: bool,
+    /// Frames the previous shard decoded from the connection (the join included).
+    pub received: u64,
     /// Messages already decoded after the join, in order.
     pub queued: Vec<ClientMessage>,
     /// Stream bytes not yet decoded.
@@ -199,12 +203,24 @@ pub struct CoreStats {
     pub frames_out: u64,
     /// Connections disconnected as slow consumers.
     pub slow_consumers: u64,
+    /// Migration events by outcome (see [`MIGRATION_OUTCOMES`]).
+    pub migration: BTreeMap<&'static str, u64>,
 }
+
+/// Migration outcomes counted by shards, pre-created at zero: meetings `exported` (committed
+/// here) and `imported` (arrived here), participants `notified` (told to move), `returned`
+/// (resumed at the target) and `lost` (imported but never came back within the window).
+pub const MIGRATION_OUTCOMES: &[&str] = &["exported", "imported", "notified", "returned", "lost"];
+
+/// The `error` message of client messages refused while their meeting is being moved.
+pub const MIGRATING_REFUSAL: &str =
+    "the meeting is moving to another controller; message not delivered";
 
 /// Join results, pre-created so every series exists from the start.
 pub const JOIN_RESULTS: &[&str] = &[
     "ok",
     "resumed",
+    "migrated",
     "handoff",
     "unauthorized",
     "invalid_request",
@@ -237,10 +253,15 @@ impl CoreStats {
             s.token_failures.insert(r, 0);
         }
         s.panics.insert("meeting", 0);
+        for o in MIGRATION_OUTCOMES {
+            s.migration.insert(o, 0);
+        }
         for (a, r) in [
             ("meeting", "mailbox_full"),
             ("connection", "slow_consumer"),
             ("connection", "rate_limited"),
+            ("meeting", "migrating"),
+            ("connection", "migration_hold"),
         ] {
             s.dropped.insert((a, r), 0);
         }
@@ -271,6 +292,8 @@ struct Conn {
     /// The meeting the transport already names (the WebTransport session path): a join must
     /// name the same one.
     session_meeting: Option<MeetingId>,
+    /// Frames decoded from this connection (its join included).
+    received: u64,
 }
 
 impl Conn {
@@ -286,6 +309,7 @@ impl Conn {
             strikes: 0,
             opened: now,
             session_meeting: None,
+            received: 0,
         }
     }
 }
@@ -295,6 +319,8 @@ enum Timer {
     JoinTimeout(ConnId),
     ResumeExpiry(MeetingId, ParticipantId),
     EmptyMeeting(MeetingId),
+    /// Forget the tombstone of a meeting that moved away.
+    MovedExpiry(MeetingId),
 }
 
 struct Inbound {
@@ -321,6 +347,8 @@ pub struct Shard {
     nonce_seq: u64,
     draining: bool,
     stats: CoreStats,
+    /// Exports in progress and tombstones of meetings that moved away.
+    migration: migration_state::MigrationState,
 }
 
 impl Shard {
@@ -343,6 +371,7 @@ impl Shard {
             nonce_seq: 0,
             draining: false,
             stats: CoreStats::zeroed(),
+            migration: migration_state::MigrationState::default(),
         }
     }
 
@@ -416,6 +445,7 @@ impl Shard {
     pub fn handle_adopted(&mut self, conn: ConnId, join: HandoffJoin, now: Now) {
         let mut c = Conn::new(now.mono, self.cfg.rate_burst);
         c.decoder.push(&join.leftover);
+        c.received = join.received;
         self.conns.insert(conn, c);
         self.timers.push(Reverse((
             now.mono + self.cfg.join_timeout,
@@ -428,6 +458,7 @@ impl Shard {
             join.display_name,
             join.request_id,
             join.resume,
+            join.follows_migrate,
             now,
         );
         for msg in join.queued {
@@ -489,9 +520,19 @@ impl Shard {
                                     .is_some_and(|t| now.mono >= t + self.cfg.resume_window)
                         });
                     if expired {
+                        let was_held = self
+                            .meetings
+                            .get(&mid)
+                            .and_then(|m| m.get(&pid))
+                            .is_some_and(|p| p.held.is_some());
+                        if was_held {
+                            self.count_migration("lost");
+                            tracing::info!(shard = %self.cfg.shard, meeting = %mid, participant = %pid, "migrated participant did not come back");
+                        }
                         self.remove_participant(&mid, &pid, LeaveReason::Timeout, now);
                     }
                 }
+                Timer::MovedExpiry(mid) => self.migration.forget_moved(&mid, now.mono),
                 Timer::EmptyMeeting(mid) => {
                     let expired = self.meetings.get(&mid).is_some_and(|m| {
                         m.empty_since
@@ -697,7 +738,10 @@ impl Shard {
             let awaiting = matches!(c.state, ConnState::AwaitingJoin);
             let decoded = match c.decoder.next_frame() {
                 Ok(None) => return,
-                Ok(Some(body)) => codec::decode_client(body),
+                Ok(Some(body)) => {
+                    c.received += 1;
+                    codec::decode_client(body)
+                }
                 Err(e) => {
                     // A framing error ends the connection; a joined participant leaves with
                     // `connection_lost` (it cannot resume a stream it corrupted).
@@ -841,15 +885,17 @@ impl Shard {
                 display_name,
                 request_id,
                 resume,
+                capabilities,
             } = msg
             {
+                let follows_migrate = capabilities.iter().any(|c| c == CAPABILITY_MIGRATE);
                 self.handle_join(
                     conn,
                     meeting_id,
                     token,
                     display_name,
                     request_id,
-                    resume,
+                    (resume, follows_migrate),
                     now,
                 );
             }
@@ -857,6 +903,15 @@ impl Shard {
         };
         if let Some(m) = self.meetings.get_mut(&mid) {
             m.last_activity = now.mono;
+            if m.migrating.is_some() && !matches!(msg, ClientMessage::Ping { .. }) {
+                // Frozen for export: refuse visibly; the sender resends after the move.
+                self.count_drop("meeting", "migrating");
+                self.send(
+                    conn,
+                    &ServerMessage::error(ErrorCode::Conflict, MIGRATING_REFUSAL, None),
+                );
+                return;
+            }
         }
         match msg {
             ClientMessage::Join { request_id, .. } => self.send(
@@ -958,7 +1013,7 @@ impl Shard {
         token: String,
         display_name: String,
         request_id: Option<String>,
-        resume: Option<ResumeRequest>,
+        (resume, follows_migrate): (Option<ResumeRequest>, bool),
         now: Now,
     ) {
         if let Some(r) = &request_id {
@@ -1040,13 +1095,24 @@ impl Shard {
                     display_name,
                     request_id,
                     resume,
+                    follows_migrate,
+                    received: c.received,
                     queued,
                     leftover: c.decoder.take_remaining(),
                 }),
             });
             return;
         }
-        self.join_local(conn, meeting, claims, display_name, request_id, resume, now);
+        self.join_local(
+            conn,
+            meeting,
+            claims,
+            display_name,
+            request_id,
+            resume,
+            follows_migrate,
+            now,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1058,10 +1124,19 @@ impl Shard {
         display_name: String,
         request_id: Option<String>,
         resume: Option<ResumeRequest>,
+        follows_migrate: bool,
         now: Now,
     ) {
         if let Some(r) = resume {
-            self.resume(conn, meeting_id, claims, r, request_id, now);
+            self.resume(
+                conn,
+                meeting_id,
+                claims,
+                r,
+                request_id,
+                follows_migrate,
+                now,
+            );
             return;
         }
         if self.draining {
@@ -1133,8 +1208,14 @@ impl Shard {
             );
             return;
         }
-        self.participant_seq += 1;
-        let pid = ParticipantId::new(self.cfg.shard, self.participant_seq);
+        // Imported meetings carry ids minted elsewhere: skip any already taken.
+        let pid = loop {
+            self.participant_seq += 1;
+            let pid = ParticipantId::new(self.cfg.shard, self.participant_seq);
+            if m.get(&pid).is_none() {
+                break pid;
+            }
+        };
         let p = Participant {
             id: pid.clone(),
             user: claims.sub,
@@ -1148,6 +1229,8 @@ impl Shard {
             conn: Some(conn),
             disconnected_at: None,
             binding_nonce: None,
+            follows_migrate,
+            held: None,
         };
         let info = p.info();
         let role = p.role;
@@ -1168,6 +1251,7 @@ impl Shard {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn resume(
         &mut self,
         conn: ConnId,
@@ -1175,8 +1259,14 @@ impl Shard {
         claims: Claims,
         r: ResumeRequest,
         request_id: Option<String>,
+        follows_migrate: bool,
         now: Now,
     ) {
+        if !self.meetings.contains_key(&meeting_id)
+            && self.redirect_moved(conn, &meeting_id, &claims, &r, follows_migrate, now)
+        {
+            return;
+        }
         let found = self
             .meetings
             .get(&meeting_id)
@@ -1229,9 +1319,24 @@ impl Shard {
         {
             p.conn = Some(conn);
             p.disconnected_at = None;
+            p.follows_migrate = follows_migrate;
         }
         self.finish_join(conn, &meeting_id, &pid, role, request_id, now);
-        self.count_join("resumed");
+        let held = self
+            .meetings
+            .get_mut(&meeting_id)
+            .and_then(|m| m.take_held(&pid));
+        match held {
+            Some(frames) => {
+                // Back after a migration: what happened meanwhile follows the join_response.
+                for f in frames {
+                    self.push_frame(conn, f);
+                }
+                self.count_join("migrated");
+                self.count_migration("returned");
+            }
+            None => self.count_join("resumed"),
+        }
     }
 
     fn finish_join(
@@ -1348,18 +1453,27 @@ impl Shard {
                 };
                 let mut unknown = 0usize;
                 let mut targets = Vec::with_capacity(list.len());
+                let mut held = Vec::new();
                 let mut seen = HashSet::new();
                 for id in &list {
                     if !seen.insert(id.as_str()) {
                         continue;
                     }
                     match m.find(id) {
-                        Some(p) => targets.extend(p.conn),
+                        Some(p) => {
+                            targets.extend(p.conn);
+                            if p.conn.is_none() && p.held.is_some() {
+                                held.push(p.id.clone());
+                            }
+                        }
                         None => unknown += 1,
                     }
                 }
                 for t in targets {
                     self.push_frame(t, frame.clone());
+                }
+                if !held.is_empty() {
+                    self.hold_for(mid, &held, &frame);
                 }
                 if unknown > 0 {
                     self.send(
@@ -1510,8 +1624,12 @@ impl Shard {
         let Some(m) = self.meetings.get(mid) else {
             return;
         };
+        let holding = m.is_holding();
         for conn in m.connections_except(except) {
             self.push_frame(conn, frame.clone());
+        }
+        if holding {
+            self.hold_all(mid, except, &frame);
         }
         self.reap_slow_consumers(now);
     }
@@ -1618,6 +1736,10 @@ impl Shard {
         *self.stats.token_failures.entry(reason).or_default() += 1;
     }
 
+    fn count_migration(&mut self, outcome: &'static str) {
+        *self.stats.migration.entry(outcome).or_default() += 1;
+    }
+
     fn count_drop(&mut self, actor: &'static str, reason: &'static str) {
         *self.stats.dropped.entry((actor, reason)).or_default() += 1;
     }
@@ -1650,6 +1772,9 @@ fn json_len<T: serde::Serialize + ?Sized>(v: &T) -> Option<usize> {
     serde_json::to_writer(&mut c, v).ok()?;
     Some(c.0)
 }
+
+#[path = "shard_migration.rs"]
+mod migration_state;
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]

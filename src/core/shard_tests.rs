@@ -92,6 +92,7 @@ impl Harness {
                 display_name: format!("name-{}", conn.0),
                 request_id: None,
                 resume: None,
+                capabilities: Vec::new(),
             },
         );
         self.recv(conn)
@@ -251,6 +252,7 @@ fn join_for_a_meeting_on_another_shard_is_handed_off_with_what_followed() {
         display_name: "x".into(),
         request_id: Some("r".into()),
         resume: None,
+        capabilities: Vec::new(),
     })
     .to_vec();
     bytes.extend_from_slice(&encode(&ClientMessage::Ping { id: 7 }));
@@ -312,6 +314,7 @@ fn bad_tokens_are_rejected_before_handoff() {
             display_name: "x".into(),
             request_id: None,
             resume: None,
+            capabilities: Vec::new(),
         },
     );
     let msgs = h.recv(c);
@@ -725,6 +728,7 @@ fn a_roster_larger_than_one_frame_is_completed_with_participant_joined() {
                 display_name: long.clone(),
                 request_id: None,
                 resume: None,
+                capabilities: Vec::new(),
             },
         );
         h.recv(c);
@@ -738,6 +742,7 @@ fn a_roster_larger_than_one_frame_is_completed_with_participant_joined() {
         display_name: "late".into(),
         request_id: None,
         resume: None,
+        capabilities: Vec::new(),
     };
     h.shard.handle_stream_data(c, &encode(&join), now);
     let mut frames = Vec::new();
@@ -840,6 +845,7 @@ fn resume_takes_over_without_churn_and_is_single_use() {
                     participant_id: pid.into(),
                     binding_token: token.into(),
                 }),
+                capabilities: Vec::new(),
             },
         );
         (c, h.recv(c))
@@ -995,6 +1001,7 @@ fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff()
             display_name: "x".into(),
             request_id: Some("r1".into()),
             resume: None,
+            capabilities: Vec::new(),
         },
     );
     let msgs = h.recv(c);
@@ -1036,3 +1043,6 @@ fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff()
         "{msgs:?}"
     );
 }
+
+#[path = "shard_migration_tests.rs"]
+mod migration;

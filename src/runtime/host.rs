@@ -228,6 +228,25 @@ impl ShardHost {
                 self.ep.shutdown();
                 ShardReply::Done
             }
+            ShardRequest::Export {
+                meeting_id,
+                migration_id,
+                source,
+            } => ShardReply::Exported(
+                self.ep
+                    .core_mut()
+                    .begin_export(&meeting_id, &migration_id, &source, t)
+                    .map(Box::new),
+            ),
+            ShardRequest::CommitExport(id, target) => {
+                ShardReply::Committed(self.ep.core_mut().commit_export(&id, target, t))
+            }
+            ShardRequest::AbortExport(id) => {
+                ShardReply::Aborted(self.ep.core_mut().abort_export(&id))
+            }
+            ShardRequest::Import(export) => {
+                ShardReply::Imported(self.ep.core_mut().import_meeting(&export, t))
+            }
         }
     }
 
@@ -261,6 +280,7 @@ impl ShardHost {
             panics: s.panics.iter().map(|(a, n)| (*a, *n)).collect(),
             joins: s.joins.iter().map(|(a, n)| (*a, *n)).collect(),
             token_failures: s.token_failures.iter().map(|(a, n)| (*a, *n)).collect(),
+            migration: s.migration.iter().map(|(a, n)| (*a, *n)).collect(),
             handshakes: ts.handshakes,
             retries: ts.retries,
             handshakes_shed: ts.handshakes_shed,

@@ -10,6 +10,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::core::ids::{MeetingId, ShardId};
 use crate::core::meeting::{MeetingDetail, MeetingSummary};
+use crate::core::migration::{
+    ExportError, ImportError, ImportOutcome, MeetingExport, MigrationTarget,
+};
 use crate::core::protocol::{EndReason, MediaHandler};
 use crate::core::shard::{AssignOutcome, ShardEvent};
 
@@ -46,6 +49,21 @@ pub enum ShardRequest {
     EndAll(EndReason),
     /// Close every connection and stop the executor.
     Shutdown,
+    /// Migration: freeze a meeting and export its state.
+    Export {
+        /// The meeting (routed to its owning shard by the caller).
+        meeting_id: MeetingId,
+        /// Unique id of this migration.
+        migration_id: String,
+        /// This controller's id.
+        source: String,
+    },
+    /// Migration: the target imported the meeting; send participants there.
+    CommitExport(MeetingId, MigrationTarget),
+    /// Migration: the move failed; the meeting continues here.
+    AbortExport(MeetingId),
+    /// Migration: recreate a meeting exported by another controller.
+    Import(Box<MeetingExport>),
 }
 
 /// A shard's answer.
@@ -65,6 +83,14 @@ pub enum ShardReply {
     EndedAll(usize),
     /// For requests with nothing to report.
     Done,
+    /// For [`ShardRequest::Export`].
+    Exported(Result<Box<MeetingExport>, ExportError>),
+    /// For [`ShardRequest::CommitExport`]: participants notified (`None`: no export pending).
+    Committed(Option<usize>),
+    /// For [`ShardRequest::AbortExport`]: whether an export was pending.
+    Aborted(bool),
+    /// For [`ShardRequest::Import`].
+    Imported(Result<ImportOutcome, ImportError>),
 }
 
 /// A request plus where to answer.
@@ -166,6 +192,8 @@ pub struct ShardSnapshot {
     pub joins: Vec<(&'static str, u64)>,
     /// Token failures by reason.
     pub token_failures: Vec<(&'static str, u64)>,
+    /// Migration events by outcome (`core::shard::MIGRATION_OUTCOMES`).
+    pub migration: Vec<(&'static str, u64)>,
     /// Completed QUIC handshakes.
     pub handshakes: u64,
     /// Retry packets sent.

@@ -509,6 +509,7 @@ impl Harness {
             display_name: name.into(),
             request_id: None,
             resume: None,
+            capabilities: Vec::new(),
         }
     }
 
@@ -529,6 +530,7 @@ impl Harness {
                 participant_id: participant_id.into(),
                 binding_token: binding_token.into(),
             }),
+            capabilities: Vec::new(),
         }
     }
 

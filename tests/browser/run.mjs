@@ -2,12 +2,14 @@
 // Runs tests/browser/join.html in headless Chromium against a running meeting controller.
 //
 //   node tests/browser/run.mjs --url https://localhost:4433/meetings/m1 --hash <cert sha-256> \
-//        --token <jwt> [--token2 <jwt>] [--chromium /usr/bin/chromium] [--timeout 30]
+//        --token <jwt> [--token2 <jwt>] [--migrate 1] [--chromium /usr/bin/chromium] [--timeout 30]
 //   node tests/browser/run.mjs --page close-codes.html --url https://127.0.0.1:4433/meetings/ \
 //        --hash <cert sha-256> --param token_leave=<jwt> --param token_frame=<jwt> ...
 //
 // Without --token2 the page joins alone and expects a participant already in the meeting
-// (e.g. a native QUIC client) to be in its roster and to send it a `message`.
+// (e.g. a native QUIC client) to be in its roster and to send it a `message`. With
+// `--migrate 1` it joins with the `migrate` capability, follows the controller's `migrate`
+// notice to another controller and passes once a `message` arrives there.
 // --page picks another page of this directory (default join.html); --param KEY=VALUE
 // (repeatable) adds a query parameter for it.
 //
@@ -87,6 +89,7 @@ const q = new URLSearchParams({ url: args.url, token: args.token || "", token2: 
 if (args.hash) q.set("hash", args.hash);
 if (args.meeting) q.set("meeting", args.meeting);
 for (const [k, v] of params) q.set(k, v);
+if (args.migrate) q.set("migrate", args.migrate);
 const pageUrl = `http://127.0.0.1:${port}/${pageName}?${q}`;
 
 const profile = mkdtempSync(join(tmpdir(), "mc-chromium-"));

@@ -1,6 +1,8 @@
 //! Test support: start the real `mc` binary and talk to it with a blocking quiche client.
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod follow;
 pub mod wt;
 
 use std::io::{BufRead, BufReader};
@@ -404,6 +406,7 @@ impl Client {
             display_name: name.into(),
             request_id: None,
             resume: None,
+            capabilities: Vec::new(),
         });
     }
 

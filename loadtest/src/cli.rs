@@ -114,6 +114,16 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub idle_timeout: Duration,
 
+    /// A joined participant acknowledges after this many received datagrams ... (RFC 9000
+    /// §13.2.2 recommends 2, as browsers do; 1 = after every receive, quiche's own habit).
+    #[arg(long, default_value_t = 2)]
+    pub ack_every: u32,
+
+    /// ... or at the latest this long after the first unacknowledged one (below the 25 ms
+    /// max_ack_delay the client announces).
+    #[arg(long, default_value = "5ms", value_parser = duration)]
+    pub ack_delay: Duration,
+
     /// Ed25519 PKCS#8 PEM key to mint tokens with (else the dev dir's key).
     #[arg(long)]
     pub signing_key: Option<PathBuf>,
@@ -263,6 +273,10 @@ pub struct Settings {
     pub pin_from: Option<usize>,
     /// Connections per UDP socket.
     pub conns_per_socket: usize,
+    /// Received datagrams a joined participant acknowledges at once.
+    pub ack_every: u32,
+    /// Longest a joined participant delays an acknowledgement.
+    pub ack_delay: Duration,
     /// Connect-and-join deadline.
     pub connect_timeout: Duration,
     /// QUIC idle timeout.
@@ -361,6 +375,14 @@ impl Args {
         if self.conns_per_socket == 0 {
             return bad("--conns-per-socket must be at least 1");
         }
+        if self.ack_every == 0 || self.ack_every > 64 {
+            return bad("--ack-every must be between 1 and 64");
+        }
+        if self.ack_delay > Duration::from_millis(20) {
+            return bad(
+                "--ack-delay must be at most 20ms (below the announced max_ack_delay of 25 ms)",
+            );
+        }
         if self.connect_timeout.is_zero() || self.idle_timeout.is_zero() {
             return bad("--connect-timeout and --idle-timeout must be above 0");
         }
@@ -426,6 +448,8 @@ impl Args {
             threads: self.threads,
             pin_from: self.pin.then_some(self.first_cpu),
             conns_per_socket: self.conns_per_socket,
+            ack_every: self.ack_every,
+            ack_delay: self.ack_delay,
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             key,

@@ -134,6 +134,8 @@ enum Ev {
     LeaveDeadline(usize, u32),
     /// One churn event.
     Churn,
+    /// A delayed acknowledgement of this epoch is due.
+    Ack(usize, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +173,13 @@ struct Participant {
     timer_at: Option<Instant>,
     timer_gen: u64,
     dirty: bool,
+    /// Something other than a received datagram needs packets out (data, a timer, a phase
+    /// change): the next service sends whatever quiche has.
+    must_send: bool,
+    /// Datagrams received since packets last went out.
+    unacked: u32,
+    /// An [`Ev::Ack`] is scheduled.
+    ack_armed: bool,
     next_send: Instant,
     seq: u64,
     ledger: SenderLedger,
@@ -267,6 +276,13 @@ impl Ctx {
 }
 
 fn mark(ctx: &mut Ctx, part: &mut Participant, p: usize) {
+    part.must_send = true;
+    mark_read(ctx, part, p);
+}
+
+/// A datagram arrived: read what it carried at once, send its acknowledgement per the
+/// acknowledgement policy (see `service`).
+fn mark_read(ctx: &mut Ctx, part: &mut Participant, p: usize) {
     if !part.dirty {
         part.dirty = true;
         ctx.dirty.push(p);
@@ -361,6 +377,9 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             timer_at: None,
             timer_gen: 0,
             dirty: false,
+            must_send: false,
+            unacked: 0,
+            ack_armed: false,
             next_send: t0,
             seq: 0,
             roster: HashMap::new(),
@@ -603,6 +622,13 @@ fn fire(
             if part.epoch == epoch && part.phase == Phase::Leaving && part.conn.is_some() {
                 ctx.error("leave_timeout");
                 close_locally(ctx, part, p, b"leave timeout");
+            }
+        }
+        Ev::Ack(p, epoch) => {
+            let part = &mut parts[p];
+            if part.epoch == epoch && part.ack_armed {
+                part.ack_armed = false;
+                mark(ctx, part, p);
             }
         }
         Ev::Churn => {
@@ -850,7 +876,8 @@ fn read_socket(
             Ok(_) | Err(quiche::Error::Done) => {}
             Err(e) => ctx.error(format!("quic_recv:{e}")),
         }
-        mark(ctx, part, p);
+        part.unacked += 1;
+        mark_read(ctx, part, p);
     }
     got.read
 }
@@ -1010,6 +1037,7 @@ fn service(
     if let (Some(conn), Some(stream)) = (part.conn.as_mut(), part.stream.as_mut()) {
         let open = part.phase != Phase::Closing && !conn.is_closed() && !conn.is_draining();
         if open && part.out_pos < part.out.len() {
+            part.must_send = true;
             match stream.send(conn, &part.out[part.out_pos..]) {
                 Ok(n) => part.out_pos += n,
                 Err(e) => ctx.error(format!("stream_send:{e}")),
@@ -1021,22 +1049,39 @@ fn service(
         }
     }
 
-    // Packets out.
+    // Packets out. A joined participant with nothing to say acknowledges like a browser (RFC
+    // 9000 §13.2.2): after every `--ack-every` received datagrams or `--ack-delay` after the
+    // first unacknowledged one. Anything else (data, timers, handshake, leave) goes out now.
     let Some(sock) = socks.get_mut(part.sock).and_then(Option::as_mut) else {
         return;
     };
     let Some(conn) = part.conn.as_mut() else {
         return;
     };
-    loop {
-        let slot = bufs.send.slot(sock.fd, &mut bufs.flushed);
-        match conn.send(slot) {
-            Ok((n, _)) => bufs.send.commit(n),
-            Err(quiche::Error::Done) => break,
-            Err(e) => {
-                ctx.error(format!("quic_send:{e}"));
-                let _ = conn.close(false, 0x1, b"");
-                break;
+    let defer = !part.must_send
+        && part.phase == Phase::Joined
+        && part.unacked < ctx.settings.ack_every
+        && !conn.is_closed();
+    if defer {
+        if part.unacked > 0 && !part.ack_armed {
+            part.ack_armed = true;
+            let epoch = part.epoch;
+            ctx.schedule(now + ctx.settings.ack_delay, Ev::Ack(p, epoch));
+        }
+    } else {
+        part.must_send = false;
+        part.unacked = 0;
+        part.ack_armed = false;
+        loop {
+            let slot = bufs.send.slot(sock.fd, &mut bufs.flushed);
+            match conn.send(slot) {
+                Ok((n, _)) => bufs.send.commit(n),
+                Err(quiche::Error::Done) => break,
+                Err(e) => {
+                    ctx.error(format!("quic_send:{e}"));
+                    let _ = conn.close(false, 0x1, b"");
+                    break;
+                }
             }
         }
     }
@@ -1268,7 +1313,9 @@ fn finish(ctx: &mut Ctx, parts: &mut [Participant], now: Instant) {
     let keep: Vec<_> = ctx
         .heap
         .drain()
-        .filter(|Reverse((_, _, ev))| matches!(ev, Ev::Timer(..) | Ev::LeaveDeadline(..)))
+        .filter(|Reverse((_, _, ev))| {
+            matches!(ev, Ev::Timer(..) | Ev::LeaveDeadline(..) | Ev::Ack(..))
+        })
         .collect();
     ctx.heap.extend(keep);
 }

@@ -330,6 +330,20 @@ fn bad_flags_exit_with_usage_code() {
     assert!(stderr.contains("--warmup"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
 
+    for (args, needle) in [
+        (["--ack-every", "0"], "--ack-every"),
+        (["--ack-delay", "30ms"], "--ack-delay"),
+    ] {
+        let out = Command::new(bin)
+            .args(args)
+            .output()
+            .expect("run mc-loadtest");
+        assert_eq!(out.status.code(), Some(64));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    }
+
     let dir = unique_dir("nokey");
     let out = Command::new(bin)
         .arg("--dev-dir")

@@ -227,11 +227,15 @@ fn smoke(transport: &str) {
     );
     assert_eq!(report["errors"], serde_json::json!({}), "{report:#}");
 
-    // Every owed delivery arrived: 12 senders, each message owed to the 2 others.
+    // Every owed delivery arrived: 12 senders, each message owed to at most the 2 others (on a
+    // slow machine a sender may speak before it has seen a late joiner: that delivery is not
+    // owed, and counts as unexpected if it arrives).
     let expected = count(&report, &["deliveries", "expected"]);
+    let unexpected = count(&report, &["deliveries", "unexpected"]);
     let sent = count(&report, &["messages", "sent"]);
     assert!(sent > 0, "{report:#}");
-    assert_eq!(expected, 2 * sent, "{report:#}");
+    assert!(expected + unexpected <= 2 * sent, "{report:#}");
+    assert!(expected >= sent, "{report:#}");
     assert_eq!(
         count(&report, &["deliveries", "received"]),
         expected,

@@ -201,3 +201,45 @@ pub fn join_message(meeting: &str, token: &str, name: &str) -> mc::core::protoco
         capabilities: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_anywhere_decode_in_order() {
+        let mut bytes = codec::encode(&ServerMessage::Pong { id: 1 }).to_vec();
+        bytes.extend_from_slice(&codec::encode(&ServerMessage::Pong { id: 2 }));
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(3) {
+            decode_frames(&mut dec, chunk, &mut got);
+        }
+        assert_eq!(
+            got,
+            [ServerMessage::Pong { id: 1 }, ServerMessage::Pong { id: 2 }]
+        );
+        assert_eq!(
+            take_first(&mut got, |m| matches!(m, ServerMessage::Pong { id: 2 })),
+            Some(ServerMessage::Pong { id: 2 })
+        );
+        assert_eq!(got, [ServerMessage::Pong { id: 1 }]);
+    }
+
+    #[test]
+    #[should_panic(expected = "server broke framing")]
+    fn a_zero_length_frame_from_the_server_fails_the_test() {
+        decode_frames(&mut FrameDecoder::new(), &[0, 0, 0, 0], &mut Vec::new());
+    }
+
+    #[test]
+    fn every_profile_builds_a_quiche_configuration() {
+        for s in [
+            ClientSettings::signaling().with_stream_window(512),
+            ClientSettings::webtransport(),
+            ClientSettings::raw(b"h2"),
+        ] {
+            let _ = s.quiche_config();
+        }
+    }
+}

@@ -7,9 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use mc::control::fake_gc::{FakeGc, FakeGcConfig, Fault, Received};
 use mc::control::gc::{Health, Heartbeat, HeartbeatKind, MeetingEndedNotice, RegisterRequest};
 use mc::core::protocol::EndReason;
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig, Fault, Received};
 use support::*;
 
 fn gc_rig(fast: u64, comp: u64) -> Rig {

@@ -10,9 +10,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mc::control::fake_gc::{FakeGc, FakeGcConfig};
-use mc::control::fake_shards::{fake_runtime, FakeShardsConfig};
 use mc::control::{parse_ca_certs, start_with, ControlOptions};
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
+use mc_test_support::fake_shards::{fake_runtime, FakeShardsConfig};
 use support::*;
 
 /// A CA and a `localhost` server certificate it signed (PEM).

@@ -7,11 +7,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mc::control::fake_gc::{FakeGc, FakeGcConfig};
-use mc::control::fake_shards::{fake_runtime, FakeShards, FakeShardsConfig};
 use mc::control::{
     start_with, ControlConfig, ControlHandle, ControlOptions, ControlTiming, GcTiming,
 };
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
+use mc_test_support::fake_shards::{fake_runtime, FakeShards, FakeShardsConfig};
 
 pub const ADMIN: &str = "admin-secret";
 pub const INBOUND: &str = "inbound-secret";

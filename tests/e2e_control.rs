@@ -5,8 +5,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use mc::control::fake_gc::{FakeGc, FakeGcConfig};
 use mc::core::protocol::{ClientMessage, EndReason, ErrorCode, MediaHandler, Role, ServerMessage};
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
 use support::{
     http_request, metric_sum, metric_values, participant_id, unique_dir, Client, Server,
 };

@@ -24,6 +24,8 @@ use mc::core::protocol::{
     ClientMessage, EndReason, ErrorCode, LeaveReason, ResumeRequest, Role, ServerMessage,
 };
 use mc::core::token::MintClaims;
+use mc_test_support::udp::QuicConn;
+use mc_test_support::{join_message, ClientSettings};
 use support::{metric_sum_where, participant_id, unix_secs, Client, Closed, Server};
 
 const T: Duration = Duration::from_secs(10);
@@ -188,17 +190,6 @@ fn expect_answered_and_open(c: &mut Client, what: &str, code: ErrorCode) {
     assert!(c.closed().is_none(), "{what}: connection closed");
 }
 
-fn join_msg(meeting: &str, token: &str, name: &str) -> ClientMessage {
-    ClientMessage::Join {
-        meeting_id: meeting.into(),
-        token: token.into(),
-        display_name: name.into(),
-        request_id: None,
-        resume: None,
-        capabilities: Vec::new(),
-    }
-}
-
 fn b64(s: &str) -> String {
     URL_SAFE_NO_PAD.encode(s)
 }
@@ -217,7 +208,7 @@ fn expect_token_refused(rig: &mut Rig, what: &str, meeting: &str, token: &str, r
         &[("reason", reason)],
     );
     let mut c = rig.connect();
-    c.send(&join_msg(meeting, token, "eve"));
+    c.send(&join_message(meeting, token, "eve"));
     let err = c.expect(what, is_error(ErrorCode::Unauthorized));
     if let ServerMessage::Error { message, .. } = &err {
         for leak in ["kid", "alg", "expired", "signature", "meeting_id", "exp"] {
@@ -266,130 +257,23 @@ fn wait_left(rig: &mut Rig, c: &mut Client, pid: &str, within: Duration) -> Opti
 // A QUIC client with stream-level control (for stray streams, ALPN and captures)
 // -----------------------------------------------------------------------------------------
 
-struct RawConn {
-    sock: UdpSocket,
-    conn: quiche::Connection,
-    local: SocketAddr,
-    out: Vec<u8>,
+/// A connection offering `alpn`, handshaken (or failed) within `T`.
+fn raw_conn(server: SocketAddr, alpn: &[u8]) -> QuicConn {
+    QuicConn::connect(server, &ClientSettings::raw(alpn), T)
 }
 
-impl RawConn {
-    fn connect(server: SocketAddr, alpn: &[u8]) -> RawConn {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
-        let local = sock.local_addr().unwrap();
-        let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
-        cfg.set_application_protos(&[alpn]).unwrap();
-        cfg.verify_peer(false);
-        cfg.set_max_idle_timeout(30_000);
-        cfg.set_max_recv_udp_payload_size(1350);
-        cfg.set_max_send_udp_payload_size(1350);
-        cfg.set_initial_max_data(8 << 20);
-        cfg.set_initial_max_stream_data_bidi_local(1 << 20);
-        cfg.set_initial_max_stream_data_bidi_remote(1 << 20);
-        cfg.set_initial_max_stream_data_uni(1 << 20);
-        cfg.set_initial_max_streams_bidi(16);
-        cfg.set_initial_max_streams_uni(16);
-        let mut scid = [0u8; 16];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut scid[..]);
-        let scid = quiche::ConnectionId::from_ref(&scid);
-        let conn = quiche::connect(Some("localhost"), &scid, local, server, &mut cfg).unwrap();
-        let mut c = RawConn {
-            sock,
-            conn,
-            local,
-            out: vec![0; 1500],
-        };
-        let deadline = Instant::now() + T;
-        while !c.conn.is_established() && !c.conn.is_closed() && Instant::now() < deadline {
-            c.io(Duration::from_millis(10));
-        }
-        c
-    }
-
-    fn io(&mut self, budget: Duration) {
-        self.flush();
-        let deadline = Instant::now() + budget;
-        let mut buf = [0u8; 65535];
-        loop {
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let _ = self.conn.recv(
-                        &mut buf[..n],
-                        quiche::RecvInfo {
-                            from,
-                            to: self.local,
-                        },
-                    );
-                }
-                Err(_) => {
-                    if self
-                        .conn
-                        .timeout_instant()
-                        .is_some_and(|t| Instant::now() >= t)
-                    {
-                        self.conn.on_timeout();
-                    }
-                }
-            }
-            self.flush();
-            if Instant::now() >= deadline {
-                break;
-            }
+/// Pumps until `stream_send` on `stream` reports STOP_SENDING, returning its code.
+fn wait_stopped(c: &mut QuicConn, stream: u64, within: Duration) -> Option<u64> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        c.io(Duration::from_millis(5));
+        match c.conn.stream_send(stream, b"", false) {
+            Err(quiche::Error::StreamStopped(code)) => return Some(code),
+            Err(quiche::Error::InvalidStreamState(_)) => return None,
+            _ => {}
         }
     }
-
-    fn flush(&mut self) {
-        while let Ok((n, info)) = self.conn.send(&mut self.out) {
-            let _ = self.sock.send_to(&self.out[..n], info.to);
-        }
-    }
-
-    /// Writes all of `bytes` on `stream` (bounded).
-    fn send(&mut self, stream: u64, bytes: &[u8]) -> Result<(), quiche::Error> {
-        let mut off = 0;
-        let deadline = Instant::now() + T;
-        while off < bytes.len() && Instant::now() < deadline {
-            match self.conn.stream_send(stream, &bytes[off..], false) {
-                Ok(n) => off += n,
-                Err(quiche::Error::Done) => {}
-                Err(e) => return Err(e),
-            }
-            self.io(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-
-    /// Decodes every server frame readable on `stream`.
-    fn read_frames(&mut self, stream: u64, dec: &mut codec::FrameDecoder) -> Vec<ServerMessage> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 65535];
-        while let Ok((n, _)) = self.conn.stream_recv(stream, &mut buf) {
-            dec.push(&buf[..n]);
-            while let Ok(Some(body)) = dec.next_frame() {
-                out.push(codec::decode(body).expect("server frame"));
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        out
-    }
-
-    /// Pumps until `stream_send` on `stream` reports STOP_SENDING, returning its code.
-    fn wait_stopped(&mut self, stream: u64, within: Duration) -> Option<u64> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            self.io(Duration::from_millis(5));
-            match self.conn.stream_send(stream, b"", false) {
-                Err(quiche::Error::StreamStopped(code)) => return Some(code),
-                Err(quiche::Error::InvalidStreamState(_)) => return None,
-                _ => {}
-            }
-        }
-        None
-    }
+    None
 }
 
 // -----------------------------------------------------------------------------------------
@@ -466,7 +350,7 @@ fn case_truncated_frame_then_close(rig: &mut Rig) {
     );
     // Half a frame before any join, then close: nothing to answer, nothing leaks.
     let mut c = rig.connect();
-    let j = codec::encode(&join_msg(
+    let j = codec::encode(&join_message(
         "trunc-room",
         &rig.token("trunc-room", Role::Participant, "u"),
         "u",
@@ -541,7 +425,7 @@ fn case_huge_json_string(rig: &mut Rig) {
     // A 64 KiB join (huge display name) is refused and closed.
     let mut j = rig.connect();
     let name = "n".repeat(60_000);
-    j.send(&join_msg(
+    j.send(&join_message(
         "huge-room",
         &rig.token("huge-room", Role::Participant, "hj"),
         &name,
@@ -689,7 +573,7 @@ fn case_first_message_not_join(rig: &mut Rig) {
 
 fn bad_join(rig: &mut Rig, what: &str, meeting: &str, token_meeting: &str, name: &str) {
     let mut c = rig.connect();
-    c.send(&join_msg(
+    c.send(&join_message(
         meeting,
         &rig.token(token_meeting, Role::Participant, "u"),
         name,
@@ -792,7 +676,7 @@ fn case_join_twice(rig: &mut Rig) {
     c.send(&ClientMessage::Ping { id: 2 });
     c.expect("pong", |m| matches!(m, ServerMessage::Pong { id: 2 }));
     // A join for another meeting on the same connection: also conflict.
-    c.send(&join_msg(
+    c.send(&join_message(
         "other-room",
         &rig.token("other-room", Role::Participant, "u"),
         "u",
@@ -1247,7 +1131,7 @@ fn case_slowloris_join(rig: &mut Rig) {
     // One byte per 200 ms of a valid join: the 1 s join timeout closes it long before the
     // ~500 bytes are in.
     let mut c = rig.connect();
-    let join = codec::encode(&join_msg(
+    let join = codec::encode(&join_message(
         "slow-room",
         &rig.token("slow-room", Role::Participant, "s"),
         "s",
@@ -1343,11 +1227,14 @@ fn case_connection_storm(rig: &mut Rig) {
 fn case_many_streams(rig: &mut Rig) {
     // Join on stream 0, then open more bidi streams and unidirectional ones: they are refused
     // with STOP_SENDING 0x101, carry no signaling, and stream 0 keeps working.
-    let mut c = RawConn::connect(rig.server.quic, b"mc/1");
+    let mut c = raw_conn(rig.server.quic, b"mc/1");
     assert!(c.conn.is_established(), "handshake");
     let token = rig.token("streams-room", Role::Participant, "s");
-    c.send(0, &codec::encode(&join_msg("streams-room", &token, "s")))
-        .unwrap();
+    c.send_on(
+        0,
+        &codec::encode(&join_message("streams-room", &token, "s")),
+    )
+    .unwrap();
     let mut dec = codec::FrameDecoder::new();
     let mut got = Vec::new();
     let deadline = Instant::now() + T;
@@ -1368,11 +1255,11 @@ fn case_many_streams(rig: &mut Rig) {
     let extra_bidi: Vec<u64> = (1..12).map(|i| i * 4).collect();
     let uni: Vec<u64> = (0..4).map(|i| i * 4 + 2).collect();
     for s in extra_bidi.iter().chain(&uni) {
-        let _ = c.send(*s, &ping);
+        let _ = c.send_on(*s, &ping);
     }
     for s in extra_bidi.iter().chain(&uni) {
         assert_eq!(
-            c.wait_stopped(*s, T),
+            wait_stopped(&mut c, *s, T),
             Some(0x101),
             "stream {s} was not refused with STOP_SENDING 0x101"
         );
@@ -1389,7 +1276,7 @@ fn case_many_streams(rig: &mut Rig) {
             .any(|m| matches!(m, ServerMessage::Pong { id: 99 })),
         "a ping on a stray stream was answered on stream 0"
     );
-    c.send(0, &codec::encode(&ClientMessage::Ping { id: 100 }))
+    c.send_on(0, &codec::encode(&ClientMessage::Ping { id: 100 }))
         .unwrap();
     let deadline = Instant::now() + T;
     while !got
@@ -1412,9 +1299,9 @@ fn case_stream_finished_by_client(rig: &mut Rig) {
     // FIN on the signaling stream right after the join: treated as a close (no leave), so the
     // participant is kept for the resume window and then times out.
     let (mut w, _) = rig.joined("fin-room", Role::Participant, "w");
-    let mut c = RawConn::connect(rig.server.quic, b"mc/1");
+    let mut c = raw_conn(rig.server.quic, b"mc/1");
     let token = rig.token("fin-room", Role::Participant, "f");
-    c.send(0, &codec::encode(&join_msg("fin-room", &token, "f")))
+    c.send_on(0, &codec::encode(&join_message("fin-room", &token, "f")))
         .unwrap();
     let _ = c.conn.stream_send(0, b"", true);
     let joined = w.expect("f joined", |m| {
@@ -1436,7 +1323,7 @@ fn case_stream_finished_by_client(rig: &mut Rig) {
 
 fn case_wrong_alpn(rig: &mut Rig) {
     for alpn in [&b"h2"[..], b"mc/2", b"\0"] {
-        let c = RawConn::connect(rig.server.quic, alpn);
+        let c = raw_conn(rig.server.quic, alpn);
         assert!(
             !c.conn.is_established(),
             "handshake with ALPN {alpn:?} succeeded"
@@ -1668,9 +1555,9 @@ fn case_reset_signaling_stream(rig: &mut Rig) {
     // it: the shard must not spin on the reset stream, and the control meeting (possibly on
     // the same shard) goes on.
     let (mut w, _) = rig.joined("reset-room", Role::Participant, "w");
-    let mut c = RawConn::connect(rig.server.quic, b"mc/1");
+    let mut c = raw_conn(rig.server.quic, b"mc/1");
     let token = rig.token("reset-room", Role::Participant, "r");
-    c.send(0, &codec::encode(&join_msg("reset-room", &token, "r")))
+    c.send_on(0, &codec::encode(&join_message("reset-room", &token, "r")))
         .unwrap();
     w.expect("r joined", |m| {
         matches!(m, ServerMessage::ParticipantJoined { .. })
@@ -1693,9 +1580,9 @@ fn case_reset_signaling_stream(rig: &mut Rig) {
 fn case_h3_frame_unexpected(rig: &mut Rig) {
     // HTTP/3 (WebTransport) connection with a SETTINGS frame on a request stream: an HTTP/3
     // connection error, not a crash; the control meeting goes on.
-    let mut c = RawConn::connect(rig.server.quic, b"h3");
+    let mut c = raw_conn(rig.server.quic, b"h3");
     assert!(c.conn.is_established(), "h3 handshake");
-    let _ = c.send(0, &[0x04, 0x00]);
+    let _ = c.send_on(0, &[0x04, 0x00]);
     let deadline = Instant::now() + T;
     while !c.conn.is_closed() && Instant::now() < deadline {
         c.io(Duration::from_millis(5));
@@ -1714,7 +1601,7 @@ fn case_meeting_full(rig: &mut Rig) {
         members.push(rig.joined("full-room", Role::Participant, &format!("m{i}")));
     }
     let mut c = rig.connect();
-    c.send(&join_msg(
+    c.send(&join_message(
         "full-room",
         &rig.token("full-room", Role::Participant, "late"),
         "late",
@@ -2080,9 +1967,9 @@ fn join_response_fits_in_one_frame() {
     let name = "n".repeat(mc::core::protocol::MAX_DISPLAY_NAME_BYTES);
     let mut members = Vec::with_capacity(N);
     for i in 0..N {
-        let mut c = RawConn::connect(server.quic, b"mc/1");
+        let mut c = raw_conn(server.quic, b"mc/1");
         let token = server.token("big-room", Role::Participant, &format!("u{i}"));
-        c.send(0, &codec::encode(&join_msg("big-room", &token, &name)))
+        c.send_on(0, &codec::encode(&join_message("big-room", &token, &name)))
             .unwrap();
         members.push(c);
     }
@@ -2090,9 +1977,9 @@ fn join_response_fits_in_one_frame() {
     for c in members.iter_mut() {
         c.io(Duration::from_millis(1));
     }
-    let mut last = RawConn::connect(server.quic, b"mc/1");
+    let mut last = raw_conn(server.quic, b"mc/1");
     let token = server.token("big-room", Role::Participant, "last");
-    last.send(0, &codec::encode(&join_msg("big-room", &token, &name)))
+    last.send_on(0, &codec::encode(&join_message("big-room", &token, &name)))
         .unwrap();
     let mut raw = Vec::new();
     let mut buf = [0u8; 65535];

@@ -13,8 +13,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mc::control::fake_gc::Fault;
 use mc::core::protocol::{ClientMessage, EndReason, ErrorCode, ResumeRequest, Role, ServerMessage};
+use mc_test_support::fake_gc::Fault;
 use serde_json::Value;
 use support::fleet::{Fleet, INBOUND};
 use support::follow::{pump_all, pump_until, Member, Transport};

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use mc::core::protocol::{ClientMessage, LeaveReason, Role, ServerMessage};
+use mc_test_support::ClientSettings;
 use support::{participant_id, Client, Server};
 
 const T: Duration = Duration::from_secs(10);
@@ -382,17 +383,13 @@ fn handshakes_beyond_the_per_shard_limit_are_shed() {
     let local = sock.local_addr().unwrap();
     let mut initials = Vec::with_capacity(30);
     for _ in 0..30 {
-        let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
-        cfg.set_application_protos(&[b"mc/1"]).unwrap();
-        cfg.verify_peer(false);
-        let mut scid = [0u8; 16];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut scid[..]);
+        let scid = mc_test_support::random_scid();
         let mut conn = quiche::connect(
             Some("localhost"),
             &quiche::ConnectionId::from_ref(&scid),
             local,
             server.quic,
-            &mut cfg,
+            &mut ClientSettings::signaling().quiche_config(),
         )
         .unwrap();
         let mut out = [0u8; 1500];

@@ -35,7 +35,7 @@ fn browser_style_participants_meet_native_ones() {
             &format!("/meetings/{m}"),
             Some("https://app.example"),
         );
-        assert!(wt.wait_session(T), "session refused: {:?}", wt.rejected);
+        assert!(wt.wait_session(T), "session refused: {:?}", wt.rejected());
         wt.send(&join(m, server.token(m, Role::Participant, "w"), "browser"));
         let jr = wt.expect("join_response", |m| {
             matches!(m, ServerMessage::JoinResponse { .. })
@@ -85,11 +85,11 @@ fn refusals_are_answered_per_http3_and_the_server_keeps_serving() {
     assert!(!c.wait_session(T));
     eprintln!(
         "wrong path: rejected={:?} closed={} err={:?}",
-        c.rejected,
+        c.rejected(),
         c.is_closed(),
         c.peer_error_code()
     );
-    assert!(c.rejected.is_some(), "wrong path must be refused");
+    assert!(c.rejected().is_some(), "wrong path must be refused");
     // Invalid meeting id in the path.
     let mut c = WtClient::connect(server.quic, "/meetings/bad%20id", None);
     assert!(!c.wait_session(T));
@@ -117,7 +117,7 @@ const H3_NO_ERROR: u64 = 0x100;
 
 fn joined(server: &Server, meeting: &str, name: &str) -> WtClient {
     let mut wt = WtClient::connect(server.quic, &format!("/meetings/{meeting}"), None);
-    assert!(wt.wait_session(T), "session refused: {:?}", wt.rejected);
+    assert!(wt.wait_session(T), "session refused: {:?}", wt.rejected());
     wt.send(&join(
         meeting,
         server.token(meeting, Role::Participant, name),
@@ -192,7 +192,7 @@ fn sessions_close_with_the_signaling_code_and_reason_then_h3_no_error() {
     }
     wt.send_raw(&burst);
     let (capsule, quic) = wt.wait_closed(T);
-    assert!(wt.received.iter().any(|m| matches!(
+    assert!(wt.received().iter().any(|m| matches!(
         m,
         ServerMessage::Error {
             code: ErrorCode::RateLimited,

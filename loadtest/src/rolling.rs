@@ -1,6 +1,6 @@
 //! Scenario `rolling-drain`: a rolling restart under load, with meetings migrating.
 //!
-//! The generator runs the fleet itself: an in-process fake GC (`mc::control::fake_gc`) and
+//! The generator runs the fleet itself: an in-process fake GC (`mc_test_support::fake_gc`) and
 //! `--controllers` `mc serve` processes sharing one binding secret and signing key. It assigns
 //! `--meetings` meetings per controller, joins `--participants` per meeting (announcing the
 //! `migrate` capability) and sends `--rate` messages per second per participant. Then it sends
@@ -27,13 +27,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _};
 use hdrhistogram::Histogram;
-use mc::control::fake_gc::{FakeGc, FakeGcConfig};
 use mc::core::codec::{self, FrameDecoder};
 use mc::core::protocol::{
     ClientMessage, ErrorCode, ResumeRequest, Role, ServerMessage, CAPABILITY_MIGRATE,
 };
 use mc::core::shard::MIGRATING_REFUSAL;
 use mc::core::token::TokenSigner;
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
 use serde_json::{json, Value};
 
 use crate::transport::{SignalingStream, StreamContext, TransportKind};

@@ -31,8 +31,6 @@ use crate::runtime::link::{RuntimeLink, ShardReply, ShardRequest};
 pub mod admin;
 mod admission;
 mod auth;
-pub mod fake_gc;
-pub mod fake_shards;
 pub mod gc;
 mod http;
 mod metrics;

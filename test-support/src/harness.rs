@@ -13,9 +13,12 @@ use mc::core::protocol::{ClientMessage, ResumeRequest, Role, ServerMessage};
 use mc::core::router::{shard_of_cid, Router, CID_LEN};
 use mc::core::shard::{Now, Shard, ShardConfig, ShardEvent};
 use mc::core::token::{MintClaims, TokenSigner, TokenVerifier};
-use mc::quic::endpoint::{quiche_config, Endpoint, EndpointConfig, PeerMsg, ALPN_MC};
+use mc::quic::endpoint::{quiche_config, Endpoint, EndpointConfig, PeerMsg};
 use mc::quic::retry::RetryKey;
 
+use crate::client::{
+    closed, join_message, read_signaling, take_first, ClientSettings, Closed, SIGNALING_STREAM,
+};
 use crate::clock::Clock;
 
 /// The server's address (every shard shares it, as with SO_REUSEPORT).
@@ -26,8 +29,6 @@ const MAX_ROUNDS: usize = 100_000;
 /// Largest step [`Harness::advance`] moves the clock at once, so the endpoints' sub-second
 /// timers (close grace, keep-alive sweep) fire near their deadline whatever the total advance.
 const TICK: Duration = Duration::from_millis(10);
-/// First bidirectional client stream: native signaling.
-const SIGNALING_STREAM: u64 = 0;
 
 /// How datagrams from clients find a shard (the kernel's part in production).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,15 +101,6 @@ impl Default for ClientOptions {
     }
 }
 
-/// How a client's connection was closed by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closed {
-    /// Application close (`true`) or transport close.
-    pub app: bool,
-    /// Close code.
-    pub code: u64,
-}
-
 /// Datagrams and shard messages the harness moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WireStats {
@@ -138,23 +130,13 @@ impl Client {
         if !self.reading || self.gone {
             return;
         }
-        while let Ok((n, _fin)) = self.conn.stream_recv(SIGNALING_STREAM, buf) {
-            self.decoder.push(&buf[..n]);
-            loop {
-                match self.decoder.next_frame() {
-                    Ok(Some(body)) => {
-                        let m: ServerMessage = codec::decode(body)
-                            .unwrap_or_else(|e| panic!("server sent a bad frame: {e}"));
-                        self.received.push(m);
-                    }
-                    Ok(None) => break,
-                    Err(e) => panic!("server broke framing: {e}"),
-                }
-            }
-            if n == 0 {
-                break;
-            }
-        }
+        read_signaling(
+            &mut self.conn,
+            SIGNALING_STREAM,
+            &mut self.decoder,
+            &mut self.received,
+            buf,
+        );
     }
 }
 
@@ -503,14 +485,7 @@ impl Harness {
 
     /// A join of `meeting` as `name` (also the token's `sub`).
     pub fn join_message(&self, meeting: &str, role: Role, name: &str) -> ClientMessage {
-        ClientMessage::Join {
-            meeting_id: meeting.into(),
-            token: self.token(meeting, role, name),
-            display_name: name.into(),
-            request_id: None,
-            resume: None,
-            capabilities: Vec::new(),
-        }
+        join_message(meeting, &self.token(meeting, role, name), name)
     }
 
     /// A resume join of `meeting` for `participant_id` with `binding_token`, by `sub`.
@@ -554,8 +529,8 @@ impl Harness {
         self.drive();
         let closed = self.closed(id);
         let c = self.client(id);
-        match c.received.iter().position(pred) {
-            Some(i) => c.received.remove(i),
+        match take_first(&mut c.received, pred) {
+            Some(m) => m,
             None => panic!(
                 "client {}: expected {what}; received {:?}; closed {closed:?}",
                 id.0, c.received
@@ -575,14 +550,7 @@ impl Harness {
 
     /// How the server closed the client's connection, once it did.
     pub fn closed(&self, id: ClientId) -> Option<Closed> {
-        let conn = &self.clients[id.0].conn;
-        if !conn.is_closed() && !conn.is_draining() {
-            return None;
-        }
-        conn.peer_error().map(|e| Closed {
-            app: e.is_app,
-            code: e.error_code,
-        })
+        closed(&self.clients[id.0].conn)
     }
 
     /// Stops (`false`) or resumes reading the signaling stream; a client that does not read
@@ -682,30 +650,14 @@ impl Harness {
     }
 }
 
-/// The participant id of a `join_response`.
-pub fn participant_id(m: &ServerMessage) -> String {
-    match m {
-        ServerMessage::JoinResponse { participant_id, .. } => participant_id.clone(),
-        other => panic!("not a join_response: {other:?}"),
-    }
-}
-
 fn client_config(opts: ClientOptions) -> quiche::Config {
-    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("quiche config");
-    cfg.set_application_protos(&[ALPN_MC]).expect("valid ALPN");
-    cfg.verify_peer(false);
-    // No idle timeout: quiche's idle timer runs on the real clock.
-    cfg.set_max_idle_timeout(0);
-    cfg.set_max_recv_udp_payload_size(1350);
-    cfg.set_max_send_udp_payload_size(1350);
-    cfg.set_initial_max_data(64 << 20);
-    cfg.set_initial_max_stream_data_bidi_local(opts.stream_window);
-    cfg.set_max_stream_window(opts.stream_window);
-    cfg.set_initial_max_stream_data_bidi_remote(4 << 20);
-    cfg.set_initial_max_streams_bidi(4);
-    cfg.set_initial_max_streams_uni(4);
-    cfg.set_active_connection_id_limit(4);
-    cfg
+    ClientSettings {
+        // No idle timeout: quiche's idle timer runs on the real clock.
+        idle_timeout_ms: 0,
+        max_data: 64 << 20,
+        ..ClientSettings::signaling().with_stream_window(opts.stream_window)
+    }
+    .quiche_config()
 }
 
 /// One quiche server configuration per shard, loaded from development TLS material written to

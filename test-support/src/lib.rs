@@ -1,4 +1,14 @@
-//! Test doubles for `mc`, shared by the integration tests and the benches.
+//! Test doubles for `mc`, shared by the integration tests, the benches and the load generator.
+//! The production library ships none of them.
+//!
+//! - [`Harness`] (below): quiche clients and sans-IO endpoints in memory, on a virtual clock.
+//! - [`udp::Client`] and [`wt::WtClient`]: blocking quiche clients over loopback sockets (native
+//!   signaling and WebTransport) for the end-to-end tests against the `mc` binary, on one
+//!   socket pump ([`udp::QuicConn`]); they share their settings ([`ClientSettings`]) and
+//!   signaling reader ([`read_signaling`]) with the harness's clients.
+//! - [`fake_gc::FakeGc`]: a fake Global Controller (also the `mc-fake-gc` binary).
+//! - [`fake_shards`]: a stand-in for the shard runtime behind the control link, for tests of
+//!   the control thread.
 //!
 //! [`Harness`] is an in-memory network with a virtual clock (after quinn-proto's `Pair`): real
 //! quiche clients and one or two sans-IO [`mc::quic::endpoint::Endpoint`]s, wired without
@@ -28,10 +38,17 @@
 //! a connection the server closed stays in quiche's draining state (three PTOs of real time)
 //! until reaped, so tests observe closes from the client side ([`Harness::closed`]).
 
+mod client;
 mod clock;
+pub mod fake_gc;
+pub mod fake_shards;
 mod harness;
+pub mod udp;
+pub mod wt;
 
-pub use clock::Clock;
-pub use harness::{
-    participant_id, ClientId, ClientOptions, Closed, Harness, HarnessConfig, Steering, WireStats,
+pub use client::{
+    closed, decode_frames, join_message, participant_id, random_scid, read_signaling, take_first,
+    ClientSettings, Closed, SIGNALING_STREAM,
 };
+pub use clock::Clock;
+pub use harness::{ClientId, ClientOptions, Harness, HarnessConfig, Steering, WireStats};

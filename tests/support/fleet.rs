@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use mc::control::fake_gc::{FakeGc, FakeGcConfig};
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
 use serde_json::Value;
 
 use super::{http_request, unique_dir, Server};

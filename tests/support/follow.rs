@@ -61,7 +61,7 @@ impl Conn {
     fn take(&mut self) -> Vec<ServerMessage> {
         match self {
             Conn::Native(c) => std::mem::take(&mut c.received),
-            Conn::Wt(c) => std::mem::take(&mut c.received),
+            Conn::Wt(c) => c.take_received(),
         }
     }
 

@@ -1,19 +1,25 @@
-//! Test support: start the real `mc` binary and talk to it with a blocking quiche client.
-#![allow(dead_code)]
+//! Test support: start the real `mc` binary (its path is known to this package's integration
+//! tests only) and talk to it with the blocking quiche clients of `mc-test-support`.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 pub mod fleet;
 pub mod follow;
-pub mod wt;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mc::core::codec::{self, FrameDecoder};
-use mc::core::protocol::{ClientMessage, Role, ServerMessage};
+use mc::core::protocol::Role;
 use mc::core::token::{MintClaims, TokenSigner};
+pub use mc_test_support::udp::Client;
+pub use mc_test_support::{participant_id, Closed};
+
+/// The WebTransport client.
+pub mod wt {
+    pub use mc_test_support::wt::WtClient;
+}
 
 /// A running server process; killed on drop.
 pub struct Server {
@@ -234,264 +240,6 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// How a client connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closed {
-    pub app: bool,
-    pub code: u64,
-}
-
-/// A blocking QUIC client speaking signaling v1 on stream 0.
-pub struct Client {
-    sock: UdpSocket,
-    conn: quiche::Connection,
-    peer: SocketAddr,
-    local: SocketAddr,
-    decoder: FrameDecoder,
-    pub received: Vec<ServerMessage>,
-    out: Vec<u8>,
-    /// When false, the client stops reading its stream (to simulate a slow consumer).
-    pub reading: bool,
-}
-
-impl Client {
-    pub fn connect(server: SocketAddr) -> Client {
-        Self::try_connect(server, Duration::from_secs(10)).expect("handshake")
-    }
-
-    pub fn try_connect(server: SocketAddr, timeout: Duration) -> Result<Client, String> {
-        Self::try_connect_window(server, timeout, 4 << 20)
-    }
-
-    /// A client whose stream receive window is `window` bytes (to simulate a slow reader).
-    pub fn connect_with_stream_window(server: SocketAddr, window: u64) -> Client {
-        Self::try_connect_window(server, Duration::from_secs(10), window).expect("handshake")
-    }
-
-    pub fn try_connect_window(
-        server: SocketAddr,
-        timeout: Duration,
-        window: u64,
-    ) -> Result<Client, String> {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(5)))
-            .unwrap();
-        let local = sock.local_addr().unwrap();
-        let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
-        cfg.set_application_protos(&[b"mc/1"]).unwrap();
-        cfg.verify_peer(false);
-        cfg.set_max_idle_timeout(30_000);
-        cfg.set_max_recv_udp_payload_size(1350);
-        cfg.set_max_send_udp_payload_size(1350);
-        cfg.set_initial_max_data(8 << 20);
-        cfg.set_initial_max_stream_data_bidi_local(window);
-        cfg.set_max_stream_window(window);
-        cfg.set_initial_max_stream_data_bidi_remote(4 << 20);
-        cfg.set_initial_max_streams_bidi(4);
-        cfg.set_initial_max_streams_uni(4);
-        cfg.set_active_connection_id_limit(4);
-        let mut scid = [0u8; 16];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut scid[..]);
-        let scid = quiche::ConnectionId::from_ref(&scid);
-        let conn = quiche::connect(Some("localhost"), &scid, local, server, &mut cfg).unwrap();
-        let mut c = Client {
-            sock,
-            conn,
-            peer: server,
-            local,
-            decoder: FrameDecoder::new(),
-            received: Vec::new(),
-            out: vec![0; 1500],
-            reading: true,
-        };
-        let deadline = Instant::now() + timeout;
-        while !c.conn.is_established() {
-            if Instant::now() > deadline || c.conn.is_closed() {
-                return Err(format!("handshake failed: {:?}", c.conn.peer_error()));
-            }
-            c.io(Duration::from_millis(10));
-        }
-        Ok(c)
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// Sends and receives for about `budget`.
-    pub fn io(&mut self, budget: Duration) {
-        self.flush();
-        let deadline = Instant::now() + budget;
-        let mut buf = [0u8; 65535];
-        loop {
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    let _ = self.conn.recv(
-                        &mut buf[..n],
-                        quiche::RecvInfo {
-                            from,
-                            to: self.local,
-                        },
-                    );
-                    self.read_stream();
-                    self.flush();
-                }
-                Err(_) => {
-                    if self.conn.timeout().is_some_and(|t| t.is_zero()) {
-                        self.conn.on_timeout();
-                    }
-                    if let Some(t) = self.conn.timeout_instant() {
-                        if Instant::now() >= t {
-                            self.conn.on_timeout();
-                        }
-                    }
-                    self.flush();
-                }
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Ok((n, info)) = self.conn.send(&mut self.out) {
-            let _ = self.sock.send_to(&self.out[..n], info.to);
-        }
-    }
-
-    fn read_stream(&mut self) {
-        if !self.reading {
-            return;
-        }
-        let mut buf = [0u8; 65535];
-        while let Ok((n, _fin)) = self.conn.stream_recv(0, &mut buf) {
-            self.decoder.push(&buf[..n]);
-            while let Ok(Some(body)) = self.decoder.next_frame() {
-                let m: ServerMessage = codec::decode(body).expect("server sent a bad frame");
-                self.received.push(m);
-            }
-            if n == 0 {
-                break;
-            }
-        }
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        let mut off = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while off < bytes.len() {
-            match self.conn.stream_send(0, &bytes[off..], false) {
-                Ok(n) => off += n,
-                Err(quiche::Error::Done) => {}
-                Err(e) => panic!("stream_send: {e:?}"),
-            }
-            self.io(Duration::from_millis(1));
-            assert!(Instant::now() < deadline, "could not send");
-        }
-        self.flush();
-    }
-
-    pub fn send(&mut self, msg: &ClientMessage) {
-        let f = codec::encode(msg);
-        self.send_raw(&f);
-    }
-
-    pub fn join(&mut self, meeting: &str, token: &str, name: &str) {
-        self.send(&ClientMessage::Join {
-            meeting_id: meeting.into(),
-            token: token.into(),
-            display_name: name.into(),
-            request_id: None,
-            resume: None,
-            capabilities: Vec::new(),
-        });
-    }
-
-    /// Waits until `pred` matches a received message (removing and returning it).
-    pub fn wait_for(
-        &mut self,
-        timeout: Duration,
-        pred: impl Fn(&ServerMessage) -> bool,
-    ) -> Option<ServerMessage> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.received.iter().position(&pred) {
-                return Some(self.received.remove(i));
-            }
-            if Instant::now() >= deadline || self.conn.is_closed() {
-                // One last look.
-                return self
-                    .received
-                    .iter()
-                    .position(&pred)
-                    .map(|i| self.received.remove(i));
-            }
-            self.io(Duration::from_millis(5));
-        }
-    }
-
-    pub fn expect(&mut self, what: &str, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
-        match self.wait_for(Duration::from_secs(10), pred) {
-            Some(m) => m,
-            None => panic!(
-                "expected {what}; got {:?}; closed={:?}",
-                self.received,
-                self.closed()
-            ),
-        }
-    }
-
-    /// Joins and returns the join_response.
-    pub fn join_ok(&mut self, meeting: &str, token: &str, name: &str) -> ServerMessage {
-        self.join(meeting, token, name);
-        self.expect("join_response", |m| {
-            matches!(m, ServerMessage::JoinResponse { .. })
-        })
-    }
-
-    pub fn closed(&self) -> Option<Closed> {
-        if !self.conn.is_closed() && !self.conn.is_draining() {
-            return None;
-        }
-        self.conn.peer_error().map(|e| Closed {
-            app: e.is_app,
-            code: e.error_code,
-        })
-    }
-
-    /// Waits for the server to close the connection and returns how.
-    pub fn wait_closed(&mut self, timeout: Duration) -> Option<Closed> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(c) = self.closed() {
-                return Some(c);
-            }
-            self.io(Duration::from_millis(5));
-        }
-        None
-    }
-
-    pub fn close(&mut self) {
-        let _ = self.conn.close(true, 0, b"bye");
-        self.flush();
-    }
-
-    /// Drops the connection silently (no CONNECTION_CLOSE), like a vanished mobile client.
-    pub fn vanish(self) {}
-
-    pub fn is_closed(&self) -> bool {
-        self.conn.is_closed()
-    }
-}
-
-pub fn participant_id(m: &ServerMessage) -> String {
-    match m {
-        ServerMessage::JoinResponse { participant_id, .. } => participant_id.clone(),
-        other => panic!("not a join_response: {other:?}"),
-    }
 }
 
 pub fn dev_dir_signer(dir: &Path) -> TokenSigner {

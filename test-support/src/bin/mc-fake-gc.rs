@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mc::control::fake_gc::{FakeGc, FakeGcConfig};
+use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
 
 /// Fake Global Controller: accepts registrations and heartbeats and prints what it receives.
 #[derive(Debug, Parser)]

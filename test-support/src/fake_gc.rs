@@ -4,7 +4,7 @@
 //! other role and assign meetings to a controller ([`FakeGc::assign`]).
 //!
 //! ```no_run
-//! use mc::control::fake_gc::{Fault, FakeGc, FakeGcConfig};
+//! use mc_test_support::fake_gc::{Fault, FakeGc, FakeGcConfig};
 //! let gc = FakeGc::start("127.0.0.1:0".parse().unwrap(), FakeGcConfig::default()).unwrap();
 //! // ... point a controller at gc.url() ...
 //! gc.set_fault(Fault::Status500);
@@ -29,9 +29,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
-use super::gc::{Health, Heartbeat, MeetingEndedNotice, RegisterRequest};
-use super::migrate_wire::{MigrateRequest, MigrateTarget};
-use crate::core::protocol::MediaHandler;
+use mc::control::gc::{Health, Heartbeat, MeetingEndedNotice, RegisterRequest};
+use mc::control::migrate_wire::{MigrateRequest, MigrateTarget};
+use mc::core::protocol::MediaHandler;
 
 /// What the fake GC answers at registration.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! A stand-in for the shard runtime: one thread per "shard" serving the control link
-//! ([`crate::runtime::link`]) with a small stateful model (meetings, participants, connections,
+//! ([`mc::runtime::link`]) with a small stateful model (meetings, participants, connections,
 //! drain flag). It exercises the control thread — assignments, admin API, drain, metrics, GC
 //! figures — without QUIC or pinned executors, and can be made to stop answering to simulate a
 //! stuck shard.
@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::core::ids::{MeetingId, ShardId};
-use crate::core::meeting::{MeetingDetail, MeetingSummary, ParticipantAdmin};
-use crate::core::migration::{ExportError, ImportError};
-use crate::core::protocol::{EndReason, MediaHandler, Role};
-use crate::core::router::Router;
-use crate::core::shard::{AssignOutcome, ShardEvent};
-use crate::runtime::link::{
+use mc::core::ids::{MeetingId, ShardId};
+use mc::core::meeting::{MeetingDetail, MeetingSummary, ParticipantAdmin};
+use mc::core::migration::{ExportError, ImportError};
+use mc::core::protocol::{EndReason, MediaHandler, Role};
+use mc::core::router::Router;
+use mc::core::shard::{AssignOutcome, ShardEvent};
+use mc::runtime::link::{
     ControlMsg, RuntimeLink, ShardHandle, ShardReply, ShardRequest, ShardSnapshot,
 };
 

@@ -632,6 +632,7 @@ pub fn read_secret(flag: &str, path: &Path) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn serve(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["mc", "serve"];
@@ -655,6 +656,58 @@ mod tests {
         assert!(parse_duration("10parsecs").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn durations_are_written_as_they_are_read() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(100), "100us"),
+            (Duration::from_millis(20), "20ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(24 * 3600), "24h"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_rate_outside_every_order_is_out_of_range() {
+        for (flag, raw) in [
+            ("--rate-limit", "NaN"),
+            ("--rate-burst", "nan"),
+            ("--rate-limit", "inf"),
+        ] {
+            let e = serve(&["--dev", flag, raw]).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{flag}: ")), "{e}");
+            assert!(e.contains("is out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn switches_given_as_off_leave_the_file_value() {
+        // `--dev`/`MC_DEV=false` is "not given": it cannot turn off `dev = true` in the file.
+        let mut m = Cli::command()
+            .try_get_matches_from(["mc", "serve"])
+            .unwrap()
+            .subcommand_matches("serve")
+            .unwrap()
+            .clone();
+        let args = <ServeArgs as clap::FromArgMatches>::from_arg_matches_mut(&mut m).unwrap();
+        assert_eq!(args.dev, None);
+        let args = ServeArgs {
+            retry: Some(true),
+            ..ServeArgs::default()
+        };
+        let file = FileConfig {
+            dev: Some(true),
+            ..FileConfig::default()
+        };
+        let c = resolve_settings(args, file).unwrap();
+        assert!(c.dev && c.retry);
     }
 
     #[test]

@@ -17,11 +17,11 @@ use serde::Deserialize;
 
 mod setting;
 
-use setting::{declare_settings, Address, Given, Number, Parsed, Switch, Text, Time};
-pub use setting::{
-    format_duration, Ctx, Heading, Kind, NumSrc, PathSrc, Place, Setting, Source, SwitchSrc,
-    TextSrc,
+use setting::{
+    declare_settings, Address, Ctx, Given, NumSrc, Number, Parsed, PathSrc, Source, Switch,
+    SwitchSrc, Text, TextSrc, Time,
 };
+pub use setting::{Heading, Place, Setting};
 
 /// `EX_USAGE`: the exit code of a bad flag, environment variable or config file.
 pub const EXIT_USAGE: i32 = 64;
@@ -134,6 +134,10 @@ pub enum AdminVerbArg {
 // `Config` field and file key; the flag and `MC_*` variable follow from it), value type,
 // source and kind (default, range, parser). The order is that of the file keys in the
 // unknown-key message and of the flags within a `--help` heading.
+//
+// A new setting is one entry here, plus its row in docs/configuration.md (under the section
+// of its heading, in this order) and its `# key = default` line in config/mc.toml (under the
+// same heading); tests/config_file.rs fails until the three agree.
 declare_settings! {
     config_file:
         /// TOML config file (see config/mc.toml).
@@ -171,7 +175,11 @@ declare_settings! {
             parse: parse_cpus,
         };
         /// glommio io_memory per shard executor, bytes.
-        [Shards] io_memory: usize, NumSrc = Number { default: 1 << 20, min: 64 << 10, max: 1 << 30 };
+        [Shards] io_memory: usize, NumSrc = Number {
+            default: 1 << 20,
+            min: 64 << 10,
+            max: 1 << 30,
+        };
         /// How long an idle shard polls for work before it sleeps, 0 to sleep at once (trades
         /// CPU for wake-up latency; for dedicated cores).
         [Shards] spin_before_park: Duration, TextSrc = Time {
@@ -419,14 +427,19 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
-/// `--shards`: 1..=1024, or one per CPU when unset.
+/// The most shards `--shards` takes.
+const MAX_SHARDS: usize = 1024;
+
+/// `--shards`: 1..=[`MAX_SHARDS`], or one per CPU when unset.
 fn parse_shards(flag: &str, raw: Option<String>, _: &Ctx) -> Result<Option<usize>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
     match raw.trim().parse::<usize>() {
-        Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
-        _ => err(format!("--{flag}: `{raw}` must be a number from 1 to 1024")),
+        Ok(n) if (1..=MAX_SHARDS).contains(&n) => Ok(Some(n)),
+        _ => err(format!(
+            "--{flag}: `{raw}` must be a number from 1 to {MAX_SHARDS}"
+        )),
     }
 }
 
@@ -631,6 +644,7 @@ pub fn read_secret(flag: &str, path: &Path) -> Result<String, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use super::setting::format_duration;
     use super::*;
     use clap::CommandFactory;
 

@@ -4,9 +4,9 @@
 //! given with `--config`; precedence is flag > env > file > default. The result is validated
 //! before anything is bound: a bad value is one clear line and exit code 64 (`EX_USAGE`).
 //!
-//! Each setting is declared once, in the [`declare_settings!`](setting::declare_settings)
-//! list below; the flag, the variable, the file key, the default, the range, the help text and
-//! heading and the [`Config`] field all come from that entry ([`settings()`] lists them).
+//! Each setting is declared once, in the `declare_settings!` list below; the flag, the variable,
+//! the file key, the default, the range, the help text and heading and the [`Config`] field all
+//! come from that entry ([`settings()`] lists them; the machinery is in `setting.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,9 @@
 //! * Bad flags, environment variables and files stop the real binary during validation with
 //!   exit code 64 and one stderr line naming the flag; none of these cases binds a socket.
 //! * `--help` works and lists the main flags.
+//! * Every declared setting (`mc::config::settings()`) is one flag with its `MC_*` variable and
+//!   file key, under the same heading in `--help`, docs/configuration.md and config/mc.toml,
+//!   with the same default and range; the deploy manifests set only declared variables.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use mc::config::{Cli, Command, Config, LogFormat, EXIT_USAGE};
+use mc::config::{settings, Cli, Command, Config, Heading, LogFormat, Place, Setting, EXIT_USAGE};
 
 /// The shipped configuration file.
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/mc.toml");
@@ -712,4 +715,399 @@ fn help_exits_0_and_lists_the_main_flags() {
         !run.stdout.contains("--enable-test-hooks"),
         "test hooks stay hidden"
     );
+}
+
+/// The `mc serve` subcommand as clap builds it.
+fn serve_command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command()
+        .find_subcommand("serve")
+        .expect("serve subcommand")
+        .clone()
+}
+
+/// The declared settings of `heading`, in declaration order.
+fn declared_under(heading: Heading) -> Vec<Setting> {
+    settings()
+        .into_iter()
+        .filter(|s| s.heading == heading)
+        .collect()
+}
+
+#[test]
+fn every_setting_is_one_flag_with_its_variable_heading_and_default() {
+    let cmd = serve_command();
+    let all = settings();
+    let declared: BTreeSet<&str> = all.iter().map(|s| s.name).collect();
+    assert_eq!(declared.len(), all.len(), "a setting is declared twice");
+    let args: BTreeSet<String> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|id| id != "help" && id != "version")
+        .collect();
+    assert_eq!(
+        args,
+        declared.iter().map(|s| s.to_string()).collect(),
+        "serve's arguments vs the declared settings"
+    );
+    for s in &all {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == s.name)
+            .unwrap_or_else(|| panic!("no argument for {}", s.name));
+        let flag = s.flag();
+        assert_eq!(flag, s.name.replace('_', "-"));
+        assert_eq!(arg.get_long(), Some(flag.as_str()), "{}", s.name);
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(format!("MC_{}", s.name.to_ascii_uppercase()).as_str()),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            arg.get_help_heading(),
+            Some(s.heading.title()),
+            "{}",
+            s.name
+        );
+        assert_eq!(arg.is_hide_set(), s.place == Place::Hidden, "{}", s.name);
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(help.starts_with(&s.help), "{}: {help}", s.name);
+        assert!(!s.help.is_empty() && !s.help.ends_with('.'), "{}", s.name);
+        match &s.default_help {
+            Some(d) => assert!(
+                help.ends_with(&format!(" [default: {d}]"))
+                    && help.matches("[default:").count() == 1,
+                "{}: the default is shown once, at the end: {help}",
+                s.name
+            ),
+            None => assert!(!help.contains("[default:"), "{}: {help}", s.name),
+        }
+        assert_eq!(s.file_key().is_some(), s.place == Place::File, "{}", s.name);
+    }
+    // The file takes every setting but `--config` itself and the hidden test switches.
+    let file_keys: BTreeSet<String> = all
+        .iter()
+        .filter_map(|s| s.file_key())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        file_keys,
+        accepted_keys(),
+        "declared file keys vs the keys the file accepts"
+    );
+}
+
+/// Production mode (no `--dev`) with every file it requires given as `file`, except `except`'s.
+fn production(file: &str, except: &str) -> Vec<String> {
+    ["tls_cert", "tls_key", "jwks", "binding_secret_file"]
+        .into_iter()
+        .filter(|name| *name != except)
+        .flat_map(|name| [format!("--{}", name.replace('_', "-")), file.to_owned()])
+        .collect()
+}
+
+/// Resolves `args`, as `Config`'s debug output.
+fn resolve_owned(args: &[String]) -> Result<String, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    resolve(&args).map(|c| format!("{c:?}"))
+}
+
+#[test]
+fn every_fixed_default_is_a_valid_value_that_changes_nothing() {
+    let dir = TempDir::new("defaults-valid");
+    let file = dir.write("some-file", "x\n");
+    let file = file.to_str().unwrap();
+    let base = resolve_owned(&production(file, "")).unwrap();
+    let mut checked = 0;
+    for s in settings() {
+        let Some(d) = &s.default_value else { continue };
+        let mut args = production(file, "");
+        args.extend([format!("--{}", s.flag()), d.clone()]);
+        let c = resolve_owned(&args)
+            .unwrap_or_else(|e| panic!("--{} {d}: the declared default is refused: {e}", s.flag()));
+        assert_eq!(c, base, "--{} {d}", s.flag());
+        checked += 1;
+    }
+    assert!(checked > 25, "{checked}");
+}
+
+/// A value of `s` other than its default (with the flags it needs), for the flag/file test.
+fn sample(s: &Setting, file: &str) -> (String, Vec<String>) {
+    let tokens = vec![
+        "--gc-token-file".to_owned(),
+        file.to_owned(),
+        "--gc-inbound-token-file".to_owned(),
+        file.to_owned(),
+    ];
+    let mut https_gc = vec!["--gc-url".to_owned(), "https://gc.test".to_owned()];
+    https_gc.extend(tokens.clone());
+    if let Some(range) = &s.range {
+        let (_, max) = range.split_once("..=").unwrap();
+        return (max.to_owned(), vec![]);
+    }
+    let v = match s.name {
+        "dev_dir" => "/var/lib/mc/dev",
+        "listen" | "control_listen" => "127.0.0.1:9",
+        "shards" => "4",
+        "cpus" => "0-3",
+        "tls_cert"
+        | "tls_key"
+        | "jwks"
+        | "binding_secret_file"
+        | "admin_token_file"
+        | "gc_token_file"
+        | "gc_inbound_token_file" => file,
+        "log_format" => "text",
+        "log_level" => "mc=debug",
+        "gc_url" => return ("https://gc.test".into(), tokens),
+        "gc_ca_file" => return (file.into(), https_gc),
+        "mc_id" => "mc-7",
+        "region" => "eu-1",
+        "advertise_quic" => "mc-7.example.com:4433",
+        "advertise_webtransport" => "https://mc-7.example.com:4433",
+        "allowed_origins" => "https://meet.example.com",
+        other => panic!("`{other}`: add a sample value to this test"),
+    };
+    (v.to_owned(), vec![])
+}
+
+#[test]
+fn flag_and_file_key_set_the_same_setting() {
+    let dir = TempDir::new("same");
+    let base_file = dir.write("base-file", "x\n");
+    let base_file = base_file.to_str().unwrap();
+    let other = dir.write("other-file", "y\n");
+    let other = other.to_str().unwrap();
+    let cmd = serve_command();
+    let mut checked = 0;
+    for s in settings().into_iter().filter(|s| s.place == Place::File) {
+        let key = s.file_key().unwrap();
+        let flag = format!("--{}", s.flag());
+        let takes_value = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == s.name)
+            .unwrap()
+            .get_action()
+            .takes_values();
+        let (flag_args, file_line, extra) = if takes_value {
+            let (v, extra) = sample(&s, other);
+            (
+                vec![flag.clone(), v.clone()],
+                format!("{key} = {v:?}"),
+                extra,
+            )
+        } else {
+            (vec![flag.clone()], format!("{key} = true"), vec![])
+        };
+        let p = dir.write(&format!("{key}.toml"), &format!("{file_line}\n"));
+        let mut base = production(base_file, s.name);
+        base.extend(extra.iter().cloned());
+        let mut by_flag = base.clone();
+        by_flag.extend(flag_args);
+        let mut by_file = base;
+        by_file.extend(["--config".to_owned(), p.to_str().unwrap().to_owned()]);
+        let mut untouched = production(base_file, "");
+        untouched.extend(extra);
+        let by_flag = resolve_owned(&by_flag).unwrap_or_else(|e| panic!("{flag}: {e}"));
+        let by_file = resolve_owned(&by_file).unwrap_or_else(|e| panic!("{file_line}: {e}"));
+        assert_eq!(by_flag, by_file, "{flag} and `{key}` resolve differently");
+        let untouched = resolve_owned(&untouched).unwrap();
+        assert_ne!(by_flag, untouched, "{flag} {file_line}: changed nothing");
+        checked += 1;
+    }
+    assert!(checked > 40, "{checked}");
+}
+
+/// The cells of the docs table rows of `mc serve` settings, per `### heading`, in order.
+fn docs_tables() -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let section = text
+        .split("\n## `mc serve` settings\n")
+        .nth(1)
+        .expect("a `mc serve` settings section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut out: Vec<(String, Vec<String>, Vec<Vec<String>>)> = Vec::new();
+    for line in section.lines() {
+        if let Some(title) = line.strip_prefix("### ") {
+            out.push((title.to_owned(), Vec::new(), Vec::new()));
+        } else if line.starts_with('|') && !line.starts_with("|---") {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_owned())
+                .collect();
+            let (_, header, rows) = out.last_mut().expect("a table under a ### heading");
+            if header.is_empty() {
+                *header = cells;
+            } else {
+                rows.push(cells);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_list_every_setting_under_its_heading_with_the_declared_values() {
+    let tables = docs_tables();
+    let titles: Vec<&str> = tables.iter().map(|(t, _, _)| t.as_str()).collect();
+    let expected: Vec<&str> = Heading::ALL.iter().map(|h| h.title()).collect();
+    assert_eq!(titles, expected, "docs sections vs --help headings");
+    for ((_, header, rows), heading) in tables.iter().zip(Heading::ALL) {
+        let col = |name: &str| header.iter().position(|h| h == name);
+        let declared = declared_under(heading);
+        let flags: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let cell = &r[0];
+                let end = cell[1..].find('`').expect("a `--flag` cell") + 1;
+                cell[1..end].to_owned()
+            })
+            .collect();
+        let want: Vec<String> = declared.iter().map(|s| format!("--{}", s.flag())).collect();
+        assert_eq!(flags, want, "{}: rows vs declarations", heading.title());
+        for (s, row) in declared.iter().zip(rows) {
+            let what = format!("docs row of --{}", s.flag());
+            assert_eq!(row.len(), header.len(), "{what}: {row:?}");
+            assert_eq!(
+                row[0].ends_with("(hidden)"),
+                s.place == Place::Hidden,
+                "{what}"
+            );
+            assert_eq!(row[col("env").unwrap()], format!("`{}`", s.env()), "{what}");
+            let key = match s.file_key() {
+                Some(k) => format!("`{k}`"),
+                None => "—".to_owned(),
+            };
+            assert_eq!(row[col("file key").unwrap()], key, "{what}");
+            if let (Some(d), Some(c)) = (&s.default_value, col("default")) {
+                assert!(
+                    row[c].contains(&format!("`{d}`")),
+                    "{what}: default `{d}` not in {}",
+                    row[c]
+                );
+            }
+            if let (Some(r), Some(c)) = (&s.range, col("valid")) {
+                assert!(row[c].starts_with(r), "{what}: range {r} vs {}", row[c]);
+            }
+        }
+    }
+}
+
+#[test]
+fn shipped_file_shows_each_key_under_its_heading_with_the_declared_default() {
+    let text = std::fs::read_to_string(SHIPPED).unwrap();
+    let mut section = None;
+    let mut found = BTreeSet::new();
+    let all = settings();
+    for line in text.lines() {
+        if let Some(title) = line.strip_prefix("# --- ") {
+            section = Some(title.trim_end_matches(['-', ' ']).to_owned());
+            continue;
+        }
+        let Some((key, value)) = documented_key(line) else {
+            continue;
+        };
+        let s = all
+            .iter()
+            .find(|s| s.file_key() == Some(key))
+            .unwrap_or_else(|| panic!("`{key}` is not a declared file key"));
+        assert_eq!(section.as_deref(), Some(s.heading.title()), "`{key}`");
+        if let Some(d) = &s.default_value {
+            assert!(
+                value == d || value == format!("\"{d}\""),
+                "`{key} = {value}`: the declared default is {d}"
+            );
+        }
+        found.insert(key);
+    }
+    assert_eq!(
+        found.len(),
+        all.iter().filter(|s| s.file_key().is_some()).count()
+    );
+}
+
+#[test]
+fn help_groups_the_flags_under_the_docs_headings() {
+    let run = run_mc(&["serve", "--help"], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // Heading lines end with `:` at column 0; flags start with `--` after the indent.
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for line in run.stdout.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            groups.push((line.trim_end_matches(':').to_owned(), Vec::new()));
+        } else if let Some(rest) = line.trim_start().strip_prefix("--") {
+            if line.starts_with("      --") {
+                let flag = rest.split([' ', '<']).next().unwrap();
+                if let Some((_, flags)) = groups.last_mut() {
+                    flags.push(format!("--{flag}"));
+                }
+            }
+        }
+    }
+    let groups: Vec<(String, Vec<String>)> =
+        groups.into_iter().filter(|(t, _)| t != "Options").collect();
+    let want: Vec<(String, Vec<String>)> = Heading::ALL
+        .iter()
+        .map(|h| {
+            let flags = declared_under(*h)
+                .iter()
+                .filter(|s| s.place != Place::Hidden)
+                .map(|s| format!("--{}", s.flag()))
+                .collect();
+            (h.title().to_owned(), flags)
+        })
+        .collect();
+    assert_eq!(groups, want, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("[default: 0.0.0.0:4433]"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn deploy_manifests_set_only_declared_variables() {
+    let declared: BTreeSet<String> = settings().iter().map(Setting::env).collect();
+    let mut stack = vec![PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy"
+    ))];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if !p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        for line in text.lines().map(str::trim_start) {
+            if line.starts_with('#') {
+                continue;
+            }
+            // `MC_X: value` (a ConfigMap key) or `- name: MC_X` (a container variable).
+            let name = line
+                .strip_prefix("- name: ")
+                .or_else(|| line.strip_prefix("name: "))
+                .map(str::trim)
+                .or_else(|| line.split_once(':').map(|(k, _)| k.trim()))
+                .filter(|k| k.starts_with("MC_"));
+            if let Some(name) = name {
+                assert!(
+                    declared.contains(name),
+                    "{}: `{name}` is not a `mc serve` variable",
+                    p.display()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 20, "{seen}");
 }

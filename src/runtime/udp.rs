@@ -494,6 +494,31 @@ mod tests {
         enable_arrival_timestamps(rx.as_raw_fd()).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = rx.local_addr().unwrap();
+        // The kernel turns arrival stamping on asynchronously after the first socket asks for
+        // it; until then a datagram is stamped when it is read. Wait until a probe that
+        // waited 2 ms in the queue is seen as stale.
+        let mut r = Receiver::default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "arrival stamps never took effect"
+            );
+            tx.send_to(b"probe", to).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let cutoff = wall_clock_ns();
+            let mut stale = 0;
+            loop {
+                let got = r.recv(rx.as_raw_fd(), cutoff).unwrap();
+                stale += got.stale;
+                if got.read == 0 {
+                    break;
+                }
+            }
+            if stale > 0 {
+                break;
+            }
+        }
         tx.send_to(b"old", to).unwrap();
         // Everything stamped before this instant is stale; the kernel's stamp of "old" is
         // earlier than any later reading of the same clock.
@@ -501,9 +526,7 @@ mod tests {
         let cutoff = wall_clock_ns();
         std::thread::sleep(std::time::Duration::from_millis(5));
         tx.send_to(b"new", to).unwrap();
-        let mut r = Receiver::default();
         let (mut seen, mut stale) = (Vec::new(), 0);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while seen.len() + stale < 2 {
             assert!(std::time::Instant::now() < deadline);
             let got = r.recv(rx.as_raw_fd(), cutoff).unwrap();

@@ -30,7 +30,6 @@ pub struct Counts<L: Label, const N: usize> {
 
 impl<L: Label, const N: usize> Default for Counts<L, N> {
     fn default() -> Self {
-        debug_assert_eq!(L::KEYS.len(), N, "one counter per label");
         Self {
             n: [0; N],
             _label: PhantomData,
@@ -274,6 +273,13 @@ pub struct CoreStats {
     /// Migration events by outcome.
     pub migration: Counts<MigrationOutcome, 5>,
 }
+
+// One counter per label: the array sizes above follow the enums.
+const _: () = assert!(<DropReason as Label>::KEYS.len() == 5);
+const _: () = assert!(<PanicActor as Label>::KEYS.len() == 1);
+const _: () = assert!(<JoinResult as Label>::KEYS.len() == 9);
+const _: () = assert!(<TokenFailure as Label>::KEYS.len() == 17);
+const _: () = assert!(<MigrationOutcome as Label>::KEYS.len() == 5);
 
 impl CoreStats {
     /// Counters with every well-known label pre-created at zero.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mc::core::ids::ShardId;
 use mc::core::protocol::{ClientMessage, EndReason, ErrorCode, LeaveReason, Role, ServerMessage};
-use mc::core::shard::{close_code, ShardEvent};
+use mc::core::shard::{close_code, DropReason, JoinResult, PanicActor, ShardEvent};
 use mc_test_support::{
     participant_id, ClientId, ClientOptions, Closed, Harness, HarnessConfig, Steering,
 };
@@ -221,7 +221,7 @@ fn a_join_on_the_wrong_shard_is_handed_off_and_served_by_the_owner() {
     assert_eq!(h.endpoint(S1).connection_count(), 2);
     assert_eq!(h.endpoint(S0).core().participant_count(), 0);
     assert_eq!(h.endpoint(S1).core().participant_count(), 2);
-    assert_eq!(h.endpoint(S0).core().stats().joins["handoff"], 1);
+    assert_eq!(h.endpoint(S0).core().stats().joins[JoinResult::Handoff], 1);
     h.expect(a, "b joined", |m| {
         matches!(m, ServerMessage::ParticipantJoined { participant } if participant.participant_id == b_id)
     });
@@ -421,7 +421,7 @@ fn resume_on_the_other_shard_keeps_the_participant_without_churn() {
         current = r;
     }
     assert_eq!(h.endpoint(S0).stats().handoffs_out, 2, "peer and round 1");
-    assert_eq!(h.endpoint(S1).core().stats().joins["resumed"], 2);
+    assert_eq!(h.endpoint(S1).core().stats().joins[JoinResult::Resumed], 2);
     for w in [host, peer] {
         assert_eq!(churn_about(&h, w, &b_id), vec![], "churn seen by a witness");
         assert_eq!(
@@ -513,7 +513,7 @@ fn a_slow_consumer_is_disconnected_and_the_meeting_carries_on() {
     let owner = h.shard_for(meeting);
     let stats = h.endpoint(owner).core().stats();
     assert_eq!(stats.slow_consumers, 1);
-    assert!(stats.dropped[&("connection", "slow_consumer")] >= 8);
+    assert!(stats.dropped[DropReason::SlowConsumer] >= 8);
     assert_eq!(h.closed(sender), None);
     // The slow connection's queued frames never drain: it is closed at the hard deadline.
     assert_eq!(h.closed(slow), None);
@@ -549,7 +549,7 @@ fn a_connection_without_a_join_is_closed_at_the_join_timeout() {
     // The idle connection has no stream to answer on: it is closed at the close deadline.
     h.advance(Duration::from_secs(2));
     assert_eq!(h.closed(idle), app_close(close_code::PROTOCOL));
-    let joins = |s: ShardId| h.endpoint(s).core().stats().joins["timeout"];
+    let joins = |s: ShardId| h.endpoint(s).core().stats().joins[JoinResult::Timeout];
     assert_eq!(joins(S0) + joins(S1), 2);
     assert_eq!(
         h.closed(joined),
@@ -748,7 +748,7 @@ fn every_token_failure_is_unauthorized_and_closes() {
     }
     let unauthorized: u64 = [S0, S1]
         .iter()
-        .map(|s| h.endpoint(*s).core().stats().joins["unauthorized"])
+        .map(|s| h.endpoint(*s).core().stats().joins[JoinResult::Unauthorized])
         .sum();
     assert_eq!(unauthorized, 8);
     // A good token still works afterwards.
@@ -989,5 +989,5 @@ fn a_panicking_meeting_leaves_others_served() {
     // A new join to the failed meeting starts it afresh.
     let again = h.connect(S1);
     h.join(again, &doomed, Role::Participant, "v");
-    assert_eq!(h.endpoint(S0).core().stats().panics["meeting"], 1);
+    assert_eq!(h.endpoint(S0).core().stats().panics[PanicActor::Meeting], 1);
 }

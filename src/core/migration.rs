@@ -1,5 +1,5 @@
 //! Live-meeting migration between controllers: what leaves one controller and arrives at
-//! another (sans-IO). The shard side is in `shard_migration.rs`; the control side asks the GC
+//! another (sans-IO). The shard side is in `shard/migration.rs`; the control side asks the GC
 //! for a target and carries the [`MeetingExport`] over HTTP.
 //!
 //! A migration has three steps on the source shard and one on the target:

@@ -142,7 +142,7 @@ impl Endpoint {
             id,
             ConnEntry {
                 conn,
-                app: App::Native { stream: None },
+                app: App::native(),
                 opened: false,
                 partial: None,
                 closing: None,

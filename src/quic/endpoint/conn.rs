@@ -33,20 +33,7 @@ impl Endpoint {
             e.opened = true;
             self.handshaking = self.handshaking.saturating_sub(1);
             self.stats.handshakes += 1;
-            if e.conn.application_proto() == ALPN_H3 {
-                let h3 = H3Server::new(H3Config {
-                    allowed_origins: self.cfg.allowed_origins.clone(),
-                    ..H3Config::default()
-                });
-                e.app = App::Wt(Box::new(WtApp {
-                    h3,
-                    session: None,
-                    stream: None,
-                    pending: VecDeque::new(),
-                    requested: None,
-                    meeting: None,
-                }));
-            }
+            e.app = App::negotiated(e.conn.application_proto(), &self.cfg.allowed_origins);
             self.core.handle_connection_opened(id, t);
         }
         self.read_streams(id, t);
@@ -81,43 +68,18 @@ impl Endpoint {
                 let (n, fin) = match e.conn.stream_recv(sid, buf) {
                     Ok(v) => v,
                     Err(quiche::Error::StreamReset(_)) => {
-                        if let App::Wt(wt) = &mut e.app {
-                            if let Err(err) = wt.h3.on_stream_reset(sid) {
-                                let _ = e.conn.close(true, err.code.0, err.reason.as_bytes());
-                            }
-                            self.drain_h3(id, t);
+                        if e.app.on_stream_reset(&mut e.conn, sid) {
+                            self.drain_app(id, t);
                         }
                         break;
                     }
                     Err(_) => break,
                 };
-                match &mut e.app {
-                    App::Native { stream } => {
-                        let ours = match stream {
-                            None if sid % 4 == 0 => {
-                                *stream = Some(sid);
-                                true
-                            }
-                            Some(s) => *s == sid,
-                            None => false,
-                        };
-                        if ours {
-                            self.core.handle_stream_data(id, &buf[..n], t);
-                            if fin {
-                                // The client finished its signaling stream: treat as close.
-                                self.close_conn(id, 0, b"stream finished");
-                            }
-                        } else {
-                            let _ = e.conn.stream_shutdown(sid, quiche::Shutdown::Read, 0x101);
-                        }
-                    }
-                    App::Wt(wt) => {
-                        if let Err(err) = wt.h3.on_stream_data(sid, &buf[..n], fin) {
-                            let _ = e.conn.close(true, err.code.0, err.reason.as_bytes());
-                            break;
-                        }
-                        self.drain_h3(id, t);
-                    }
+                match e.app.on_stream_data(&mut e.conn, sid, &buf[..n], fin) {
+                    Received::Signaling => self.signaling_data(id, &buf[..n], fin, t),
+                    Received::Events => self.drain_app(id, t),
+                    Received::Ignored => {}
+                    Received::Failed => break,
                 }
                 if n == 0 || fin {
                     break;
@@ -126,9 +88,47 @@ impl Endpoint {
         }
     }
 
+    /// Signaling bytes of `id` for the core; `fin`: the client finished its signaling stream,
+    /// which ends the connection.
+    fn signaling_data(&mut self, id: ConnId, data: &[u8], fin: bool, t: Now) {
+        self.core.handle_stream_data(id, data, t);
+        if fin {
+            self.close_conn(id, 0, b"stream finished");
+        }
+    }
+
+    /// Writes what the connection's application has to send and carries out its events
+    /// (WebTransport: HTTP/3; native signaling has none).
+    pub(super) fn drain_app(&mut self, id: ConnId, t: Now) {
+        loop {
+            let Some(e) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let ctx = AppCtx {
+                shard: self.cfg.shard,
+                shard_count: self.cfg.shard_count,
+                conn: id,
+                draining: self.core.is_draining(),
+                signaling_finished: e.closing.as_ref().is_some_and(|c| c.fin_sent),
+            };
+            let Some(ev) = e.app.poll_event(&mut e.conn, &ctx) else {
+                return;
+            };
+            match ev {
+                AppEvent::Signaling { data, fin } => self.signaling_data(id, &data, fin, t),
+                AppEvent::SessionMeeting(meeting) => self.core.bind_session_meeting(id, meeting),
+                AppEvent::MoveTo(owner) => {
+                    self.hand_off_early(id, owner, t);
+                    return;
+                }
+                AppEvent::Closed => self.close_conn(id, 0, b"session closed"),
+            }
+        }
+    }
+
     pub(super) fn close_conn(&mut self, id: ConnId, code: u64, reason: &[u8]) {
         if let Some(e) = self.conns.get_mut(&id) {
-            let _ = e.conn.close(true, quic_close_code(&e.app, code), reason);
+            let _ = e.conn.close(true, e.app.close_code(code), reason);
             self.dirty.insert(id);
         }
     }
@@ -169,11 +169,7 @@ impl Endpoint {
         let Some(e) = self.conns.get_mut(&id) else {
             return;
         };
-        let sid = match &e.app {
-            App::Native { stream } => *stream,
-            App::Wt(wt) => wt.stream,
-        };
-        let Some(sid) = sid else {
+        let Some(sid) = e.app.signaling_stream() else {
             return;
         };
         loop {
@@ -249,23 +245,17 @@ impl Endpoint {
                 // WebTransport: end the session first, with the signaling code and reason in
                 // its CLOSE_WEBTRANSPORT_SESSION capsule (what a browser's `closed` reports),
                 // and close the connection a grace later, once the capsule got there.
-                if let App::Wt(wt) = &mut e.app {
-                    if !c.session_closed {
-                        c.session_closed = true;
-                        let code = u32::try_from(c.code).unwrap_or(u32::MAX);
-                        if wt
-                            .session
-                            .is_some_and(|s| wt.h3.close_session(s, code, c.reason))
-                        {
-                            let at = t.mono + close_grace(&e.conn);
-                            c.close_after = Some(at);
-                            c.hard_deadline = c.hard_deadline.max(at);
-                            self.dirty.insert(id);
-                            continue;
-                        }
+                if !c.session_closed {
+                    c.session_closed = true;
+                    if e.app.close_session(c.code, c.reason) {
+                        let at = t.mono + close_grace(&e.conn);
+                        c.close_after = Some(at);
+                        c.hard_deadline = c.hard_deadline.max(at);
+                        self.dirty.insert(id);
+                        continue;
                     }
                 }
-                let code = quic_close_code(&e.app, c.code);
+                let code = e.app.close_code(c.code);
                 let _ = e.conn.close(true, code, c.reason.as_bytes());
                 self.closing.remove(&id);
                 self.dirty.insert(id);
@@ -320,13 +310,7 @@ impl Endpoint {
         {
             self.write_frames(id, t);
         }
-        if self
-            .conns
-            .get(&id)
-            .is_some_and(|e| matches!(e.app, App::Wt(_)))
-        {
-            self.drain_h3(id, t);
-        }
+        self.drain_app(id, t);
         let Some(e) = self.conns.get_mut(&id) else {
             return;
         };
@@ -400,16 +384,4 @@ fn close_grace(conn: &quiche::Connection) -> Duration {
         .next()
         .map_or(Duration::from_millis(100), |p| p.rtt);
     (rtt * 3).clamp(Duration::from_millis(50), Duration::from_secs(1))
-}
-
-/// The QUIC application close code for a signaling close code. Native connections carry the
-/// signaling code itself (signaling v1 §6). On HTTP/3 the connection's codes are HTTP/3 codes
-/// (RFC 9114 §8.1: `0x101`..`0x105` are H3 protocol errors there), so the signaling code travels
-/// in the session's CLOSE_WEBTRANSPORT_SESSION capsule and the connection closes with
-/// H3_NO_ERROR.
-pub(super) fn quic_close_code(app: &App, code: u64) -> u64 {
-    match app {
-        App::Native { .. } => code,
-        App::Wt(_) => crate::webtransport::ErrorCode::H3_NO_ERROR.0,
-    }
 }

@@ -10,6 +10,17 @@ impl Endpoint {
         self.move_out(id, to, entry, Some(join), t);
     }
 
+    /// Hands a connection to `to` before it joined (a WebTransport CONNECT for a meeting of
+    /// another shard).
+    pub(super) fn hand_off_early(&mut self, id: ConnId, to: ShardId, t: Now) {
+        // The core knows the connection only as one awaiting its join: forget it here.
+        self.core.handle_connection_closed(id, t);
+        let Some(entry) = self.conns.remove(&id) else {
+            return;
+        };
+        self.move_out(id, to, entry, None, t);
+    }
+
     pub(super) fn move_out(
         &mut self,
         id: ConnId,
@@ -86,17 +97,8 @@ impl Endpoint {
                 }
             }
         }
-        let mut session_meeting = None;
-        if let App::Wt(wt) = &mut entry.app {
-            if let Some(session) = wt.requested.take() {
-                if self.core.is_draining() {
-                    wt.h3.reject_session(session, 503);
-                } else {
-                    wt.h3.accept_session(session);
-                    session_meeting = wt.meeting.take();
-                }
-            }
-        }
+        // A session requested on the previous shard is answered here.
+        let session_meeting = entry.app.on_adopted(self.core.is_draining());
         self.conns.insert(id, entry);
         match join {
             Some(join) => self.core.handle_adopted(id, join, t),

@@ -1,6 +1,6 @@
 //! One shard's QUIC endpoint: its quiche `Config`, its connection table, CID routing,
-//! forwarding and handoff. Synchronous: the glommio glue in `runtime::shard` feeds it
-//! datagrams, peer messages and ticks, and drains [`Endpoint::take_output`].
+//! forwarding and handoff. Synchronous and sans-IO: the shard host (`runtime::host`) feeds it
+//! datagrams, peer messages and ticks with the time, and drains [`Endpoint::take_output`].
 //!
 //! The seam with the core is narrow: stream bytes in (`Shard::handle_stream_data`), frames
 //! out (`Shard::pop_frame`), connection opened/closed, and the core's actions.
@@ -9,14 +9,15 @@
 //! [`accept`] routes datagrams by CID, forwards, answers with Retry / Version Negotiation and
 //! accepts new connections; [`conn`] is per-connection I/O (quiche ↔ streams ↔ core, frames
 //! out, close sequencing, timers, flushing); [`handoff`] moves connections between shards;
-//! [`webtransport`] adapts WebTransport sessions (HTTP/3 events) to the same core seam.
+//! [`app`] is the one seam between a connection's transport and its application — native
+//! signaling or WebTransport ([`webtransport`]: HTTP/3 events mapped onto the same core seam).
 
 mod accept;
+mod app;
 mod conn;
 mod handoff;
 mod webtransport;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use crate::core::router::{encode_cid, shard_of_cid, CID_LEN};
 use crate::core::shard::{Action, HandoffJoin, Now, Shard, ShardEvent};
 use crate::quic::cid::{CidKey, FastMap, FastSet};
 use crate::quic::datagrams::Datagrams;
-use crate::webtransport::{H3Config, H3Event, H3Server};
+use app::{App, AppCtx, AppEvent, Received};
 
 /// ALPN of native QUIC signaling.
 pub const ALPN_MC: &[u8] = b"mc/1";
@@ -138,27 +139,6 @@ pub struct Handoff {
     join: Option<HandoffJoin>,
 }
 
-enum App {
-    /// Native QUIC: the signaling stream is the first client bidi stream.
-    Native { stream: Option<u64> },
-    /// WebTransport over HTTP/3.
-    Wt(Box<WtApp>),
-}
-
-struct WtApp {
-    h3: H3Server,
-    /// Session (CONNECT stream id) of the accepted session.
-    session: Option<u64>,
-    /// The WebTransport bidirectional stream carrying signaling.
-    stream: Option<u64>,
-    /// Transmits the transport could not take yet, in order.
-    pending: VecDeque<(u64, Vec<u8>, bool)>,
-    /// A session requested on another shard, to accept once the connection arrives here.
-    requested: Option<u64>,
-    /// The meeting of that session's path, which its join must name.
-    meeting: Option<crate::core::ids::MeetingId>,
-}
-
 struct ConnEntry {
     conn: quiche::Connection,
     app: App,
@@ -180,7 +160,7 @@ struct Closing {
     fin_sent: bool,
     close_after: Option<Instant>,
     hard_deadline: Instant,
-    /// WebTransport: the session close capsule has been queued.
+    /// The application's session close was attempted (WebTransport: its close capsule).
     session_closed: bool,
 }
 
@@ -370,9 +350,7 @@ impl Endpoint {
         self.stopping = true;
         self.core.set_draining(true);
         for e in self.conns.values_mut() {
-            let _ = e
-                .conn
-                .close(true, conn::quic_close_code(&e.app, 0x0), b"shutting down");
+            let _ = e.conn.close(true, e.app.close_code(0x0), b"shutting down");
         }
         self.dirty.extend(self.conns.keys().copied());
     }

@@ -5,7 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::core::binding::BindingKey;
 use crate::core::codec::{decode, encode, FrameDecoder};
+use crate::core::ids::{ConnId, ShardId};
+use crate::core::meeting::MeetingDetail;
+use crate::core::protocol::{
+    ClientMessage, EndReason, ErrorCode, LeaveReason, MediaHandler, ResumeRequest, Role,
+    ServerMessage,
+};
+use crate::core::token::TokenVerifier;
 use crate::core::token::{MintClaims, TokenSigner};
 
 const START_UNIX_MS: u64 = 1_800_000_000_000;
@@ -180,7 +188,7 @@ fn join_roster_and_join_order() {
     );
     assert_eq!(h.recv(b).len(), 1);
     assert_eq!(h.shard.participant_count(), 3);
-    assert_eq!(h.shard.stats().joins.get("ok"), Some(&3));
+    assert_eq!(h.shard.stats().joins[JoinResult::Ok], 3);
 }
 
 #[test]
@@ -329,8 +337,8 @@ fn bad_tokens_are_rejected_before_handoff() {
         }
     )));
     assert_eq!(
-        h.shard.stats().token_failures.get("bad_signature"),
-        Some(&1)
+        h.shard.stats().token_failures[TokenFailure::BadSignature],
+        1
     );
 }
 
@@ -563,15 +571,7 @@ fn slow_consumer_is_cut_off_without_hurting_the_others() {
             "message {i} reached the good reader"
         );
     }
-    assert!(
-        h.shard
-            .stats()
-            .dropped
-            .get(&("connection", "slow_consumer"))
-            .copied()
-            .unwrap_or(0)
-            >= 4
-    );
+    assert!(h.shard.stats().dropped[DropReason::SlowConsumer] >= 4);
     assert_eq!(h.shard.stats().slow_consumers, 1);
     assert!(h.closes().contains(&(slow, close_code::SLOW_OR_FLOOD)));
     let seen_left = h.recv(sender);
@@ -807,7 +807,7 @@ fn panic_in_one_meeting_is_contained() {
     for c in [a, b] {
         assert_eq!(error_code(&h.recv(c)[0]), Some(ErrorCode::Internal));
     }
-    assert_eq!(h.shard.stats().panics.get("meeting"), Some(&1));
+    assert_eq!(h.shard.stats().panics[PanicActor::Meeting], 1);
     assert_eq!(h.shard.meeting_count(), 1);
     h.broadcast(x, serde_json::json!("hi"));
     assert!(matches!(h.recv(y)[0], ServerMessage::Message { .. }));
@@ -880,10 +880,7 @@ fn inbox_overflow_is_dropped_and_counted() {
     assert_eq!(h.shard.inbox_depth(), 4);
     h.shard.process_all(now);
     assert_eq!(h.recv(c).len(), 4);
-    assert_eq!(
-        h.shard.stats().dropped.get(&("meeting", "mailbox_full")),
-        Some(&6)
-    );
+    assert_eq!(h.shard.stats().dropped[DropReason::MailboxFull], 6);
 }
 
 mod props {
@@ -971,7 +968,7 @@ fn json_len_counts_exactly_what_serialization_writes() {
         reason: LeaveReason::ConnectionLost,
     };
     assert_eq!(
-        json_len(&msg),
+        join::json_len(&msg),
         Some(serde_json::to_vec(&msg).expect("serializes").len())
     );
 }
@@ -1029,8 +1026,8 @@ fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff()
         }
     )));
     let stats = h.shard.stats();
-    assert_eq!(stats.joins.get("invalid_request"), Some(&1));
-    assert_eq!(stats.joins.get("handoff"), Some(&0));
+    assert_eq!(stats.joins[JoinResult::InvalidRequest], 1);
+    assert_eq!(stats.joins[JoinResult::Handoff], 0);
     assert_eq!(stats.token_failures.values().sum::<u64>(), 0);
 
     // The session's own meeting joins as usual.
@@ -1044,5 +1041,4 @@ fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff()
     );
 }
 
-#[path = "shard_migration_tests.rs"]
 mod migration;

@@ -247,13 +247,13 @@ fn a_meeting_moves_with_roster_roles_mute_and_held_messages() {
         );
     }
     let st = dst.shard.stats();
-    assert_eq!(st.migration["imported"], 1);
-    assert_eq!(st.migration["returned"], 2);
-    assert_eq!(st.migration["lost"], 1);
-    assert_eq!(st.joins["migrated"], 2);
-    assert_eq!(src.shard.stats().migration["notified"], 3);
-    assert_eq!(src.shard.stats().migration["exported"], 1);
-    assert_eq!(src.shard.stats().dropped[&("meeting", "migrating")], 1);
+    assert_eq!(st.migration[MigrationOutcome::Imported], 1);
+    assert_eq!(st.migration[MigrationOutcome::Returned], 2);
+    assert_eq!(st.migration[MigrationOutcome::Lost], 1);
+    assert_eq!(st.joins[JoinResult::Migrated], 2);
+    assert_eq!(src.shard.stats().migration[MigrationOutcome::Notified], 3);
+    assert_eq!(src.shard.stats().migration[MigrationOutcome::Exported], 1);
+    assert_eq!(src.shard.stats().dropped[DropReason::Migrating], 1);
 }
 
 #[test]

@@ -6,16 +6,18 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::super::codec::Frame;
-use super::super::ids::{ConnId, MeetingId, ParticipantId};
-use super::super::meeting::{Meeting, Participant};
-use super::super::migration::{
+use super::stats::{DropReason, MigrationOutcome};
+use super::{close_code, Now, Shard, Timer};
+use crate::core::binding::BindingError;
+use crate::core::codec::Frame;
+use crate::core::ids::{ConnId, MeetingId, ParticipantId};
+use crate::core::meeting::{Meeting, Participant};
+use crate::core::migration::{
     self, ExportError, ImportError, ImportOutcome, MeetingExport, MigrationTarget,
     ParticipantExport, EXPORT_VERSION, SECRET_CHECK_PARTICIPANT,
 };
-use super::super::protocol::{ResumeRequest, ServerMessage};
-use super::super::token::Claims;
-use super::{close_code, Now, Shard, Timer};
+use crate::core::protocol::{ResumeRequest, ServerMessage};
+use crate::core::token::Claims;
 
 /// How long the secret-check token of an export stays valid (an import is attempted within
 /// seconds of its export).
@@ -183,9 +185,9 @@ impl Shard {
             notified += 1;
         }
         for _ in 0..notified {
-            self.count_migration("notified");
+            self.count_migration(MigrationOutcome::Notified);
         }
-        self.count_migration("exported");
+        self.count_migration(MigrationOutcome::Exported);
         tracing::info!(shard = %self.cfg.shard, meeting = %meeting_id, target = %target.controller_id, participants = m.len(), notified, "meeting moved");
         let until = now.mono + self.cfg.resume_window;
         self.timers
@@ -276,7 +278,7 @@ impl Shard {
         let (g, target) = (g.clone(), moved.target.clone());
         let window_ms = u64::try_from(self.cfg.resume_window.as_millis()).unwrap_or(u64::MAX);
         self.send_migrate(conn, meeting_id, &g, &target, window_ms);
-        self.count_migration("notified");
+        self.count_migration(MigrationOutcome::Notified);
         true
     }
 
@@ -303,7 +305,7 @@ impl Shard {
         ) {
             Ok(c) if c.nonce == export.secret_check_nonce => {}
             Ok(_) => return Err(ImportError::SecretMismatch),
-            Err(super::super::binding::BindingError::Expired) => {
+            Err(BindingError::Expired) => {
                 return Err(ImportError::Invalid("the export is stale".into()))
             }
             Err(_) => return Err(ImportError::SecretMismatch),
@@ -361,7 +363,7 @@ impl Shard {
         }
         tracing::info!(shard = %self.cfg.shard, meeting = %id, source = %export.source_controller_id, migration = %export.migration_id, participants = m.len(), "meeting imported");
         self.meetings.insert(id, m);
-        self.count_migration("imported");
+        self.count_migration(MigrationOutcome::Imported);
         Ok(ImportOutcome::Imported)
     }
 
@@ -401,11 +403,7 @@ impl Shard {
 
     fn count_hold_drops(&mut self, drops: u64) {
         if drops > 0 {
-            *self
-                .stats
-                .dropped
-                .entry(("connection", "migration_hold"))
-                .or_default() += drops;
+            self.stats.dropped.add(DropReason::MigrationHold, drops);
         }
     }
 

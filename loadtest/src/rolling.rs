@@ -9,6 +9,12 @@
 //! `migrate` notice: they reconnect to the target, resume with the migrate token and resend
 //! the messages the old controller did not handle.
 //!
+//! Messages start once every participant has joined (one sent before a slow joiner's join is
+//! not owed to it). After the last restart the run waits until no participant is still on its
+//! way to a target (up to the resume window plus a margin): messages held for it at the target
+//! are delivered when it arrives. A participant still moving then, or whose resume was closed,
+//! is lost.
+//!
 //! Reported: meetings ended, participants lost, messages sent / refused / delivered / lost /
 //! out of order, reconnect gap per participant (notice → `join_response` at the target) and
 //! migration time per meeting (first notice → last participant back), p50 / p99 / max.
@@ -21,7 +27,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +46,11 @@ use crate::transport::{SignalingStream, StreamContext, TransportKind};
 
 const INBOUND_TOKEN: &str = "rolling-drain-inbound";
 const GC_TOKEN: &str = "rolling-drain-gc";
+/// Longest wait for every participant's first `join_response` before the messages start.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait, after the last restart, for participants still on their way to a target: the
+/// controllers' resume window (30 s by default) plus a margin. One still moving then is lost.
+const RETURN_WAIT: Duration = Duration::from_secs(40);
 
 /// Settings of the scenario.
 #[derive(Debug, Clone)]
@@ -305,6 +316,10 @@ fn endpoint(s: &str) -> Option<SocketAddr> {
 
 struct Shared {
     signer: TokenSigner,
+    /// Participants that got their first `join_response`.
+    joined: AtomicUsize,
+    /// Participants between a `migrate` notice and their `join_response` at the target.
+    moving: AtomicUsize,
     sending: AtomicBool,
     stop: AtomicBool,
     interval: Option<Duration>,
@@ -361,12 +376,12 @@ impl Part {
                         inbound.push(m);
                     }
                 }
-                if closed
-                    && !inbound
-                        .iter()
-                        .any(|m| matches!(m, ServerMessage::Migrate { .. }))
-                {
-                    self.stats.lost |= !self.stats.ended && self.moving_since.is_none();
+                let follows = inbound
+                    .iter()
+                    .any(|m| matches!(m, ServerMessage::Migrate { .. }));
+                if closed && !follows {
+                    // Also while moving: a target that closes the resume is a failed move.
+                    self.stats.lost |= !self.stats.ended;
                 }
                 if !l.out.is_empty() {
                     if let Ok(n) = l.stream.send(&mut l.conn, &l.out) {
@@ -374,7 +389,10 @@ impl Part {
                     }
                 }
             }
-            if l.conn.is_closed() && self.moving_since.is_none() && !self.stats.ended {
+            let follows = inbound
+                .iter()
+                .any(|m| matches!(m, ServerMessage::Migrate { .. }));
+            if l.conn.is_closed() && !follows && !self.stats.ended {
                 self.stats.lost = true;
             }
         }
@@ -422,10 +440,12 @@ impl Part {
             ServerMessage::JoinResponse { participant_id, .. } => {
                 if self.pid.is_empty() {
                     self.pid = participant_id;
+                    shared.joined.fetch_add(1, Ordering::Relaxed);
                 } else if participant_id != self.pid {
                     self.stats.lost = true; // came back as someone else
                 }
                 if let Some(t) = self.moving_since.take() {
+                    shared.moving.fetch_sub(1, Ordering::Relaxed);
                     self.stats
                         .moves
                         .push((self.meeting.clone(), self.migrations, t, now));
@@ -439,7 +459,9 @@ impl Part {
                 ..
             } => {
                 self.migrations += 1;
-                self.moving_since = Some(now);
+                if self.moving_since.replace(now).is_none() {
+                    shared.moving.fetch_add(1, Ordering::Relaxed);
+                }
                 let target = match self.transport {
                     TransportKind::Quic => endpoint(&quic_endpoint),
                     TransportKind::Webtransport => endpoint(&webtransport_url),
@@ -573,6 +595,8 @@ pub fn run(settings: RollingSettings) -> anyhow::Result<bool> {
     }
     let shared = Arc::new(Shared {
         signer,
+        joined: AtomicUsize::new(0),
+        moving: AtomicUsize::new(0),
         sending: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         interval: (settings.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / settings.rate)),
@@ -626,6 +650,18 @@ pub fn run(settings: RollingSettings) -> anyhow::Result<bool> {
         settings.controllers
     );
     std::thread::sleep(settings.drain_interval.min(Duration::from_secs(5)));
+    // Messages start once everyone is in: one sent before a slow joiner's join is not owed to
+    // it, and the figures count every message as owed to every other participant.
+    let everyone = idx as usize;
+    if !wait_for(JOIN_WAIT, || {
+        shared.joined.load(Ordering::Relaxed) >= everyone
+    }) {
+        shared.stop.store(true, Ordering::Relaxed);
+        bail!(
+            "only {} of {everyone} participants joined within {JOIN_WAIT:?}",
+            shared.joined.load(Ordering::Relaxed)
+        );
+    }
     shared.sending.store(true, Ordering::Relaxed);
     std::thread::sleep(settings.drain_interval);
     let mut exits = Vec::new();
@@ -656,6 +692,9 @@ pub fn run(settings: RollingSettings) -> anyhow::Result<bool> {
         std::thread::sleep(settings.drain_interval);
     }
     shared.sending.store(false, Ordering::Relaxed);
+    // Messages for a participant still on its way are held for it at the target: wait until
+    // everyone is back (or could no longer be) before counting. One still moving is lost.
+    wait_for(RETURN_WAIT, || shared.moving.load(Ordering::Relaxed) == 0);
     std::thread::sleep(Duration::from_secs(3));
     shared.stop.store(true, Ordering::Relaxed);
     let mut all: Vec<Part> = Vec::new();
@@ -699,7 +738,10 @@ pub fn run(settings: RollingSettings) -> anyhow::Result<bool> {
             let _ = move_time.record(b.duration_since(*a).as_micros() as u64);
         }
     }
-    let lost_participants = all.iter().filter(|p| p.stats.lost).count();
+    let lost_participants = all
+        .iter()
+        .filter(|p| p.stats.lost || p.moving_since.is_some())
+        .count();
     let left_events: u64 = all.iter().map(|p| p.stats.left_seen).sum();
     let sent: u64 = all.iter().map(|p| p.stats.sent).sum();
     let refused: u64 = all.iter().map(|p| p.stats.refused).sum();
@@ -731,6 +773,20 @@ pub fn run(settings: RollingSettings) -> anyhow::Result<bool> {
         && out_of_order == 0;
     print_report(&report, settings.json);
     Ok(clean)
+}
+
+/// Polls `done` every 20 ms for up to `limit`; true once it holds.
+fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn print_report(r: &Value, json_out: bool) {

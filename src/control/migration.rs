@@ -29,11 +29,12 @@ use crate::runtime::link::{ShardReply, ShardRequest};
 pub(crate) const MAX_IMPORT_BODY: usize = 2 * 1024 * 1024;
 
 /// Reasons of `mc_migrations_failed_total`, pre-created at zero.
-pub(crate) const FAILURE_REASONS: [&str; 9] = [
+pub(crate) const FAILURE_REASONS: [&str; 10] = [
     "not_configured",
     "not_found",
     "in_progress",
     "clients_unsupported",
+    "participants_returning",
     "gc_refused",
     "gc_unavailable",
     "import_rejected",
@@ -78,7 +79,8 @@ impl Failure {
 
     fn status(&self) -> StatusCode {
         match self {
-            Failure::NotConfigured | Failure::Export(ExportError::ClientsUnsupported) => {
+            Failure::NotConfigured
+            | Failure::Export(ExportError::ClientsUnsupported | ExportError::Returning) => {
                 StatusCode::CONFLICT
             }
             Failure::Export(ExportError::NotFound) => StatusCode::NOT_FOUND,
@@ -116,9 +118,14 @@ pub(crate) fn migrate_meeting(
     to: Option<String>,
 ) -> Result<Moved, Failure> {
     shared.metrics.migration_started();
-    let started = Instant::now();
-    let result = run(shared, id, to, started);
-    match &result {
+    let result = run(shared, id, to, Instant::now());
+    record(shared, id, &result);
+    result
+}
+
+/// Counts and logs one migration's outcome (`started` is counted by the caller).
+fn record(shared: &Shared, id: &MeetingId, result: &Result<Moved, Failure>) {
+    match result {
         Ok(m) => {
             shared.metrics.migration_completed(m.took);
             tracing::info!(meeting = %id, target = %m.target.target_controller_id, participants = m.participants, notified = m.notified, took_ms = m.took.as_millis() as u64, "meeting migrated");
@@ -128,7 +135,6 @@ pub(crate) fn migrate_meeting(
             tracing::warn!(meeting = %id, reason = f.reason(), error = %f, "meeting not migrated; it stays here");
         }
     }
-    result
 }
 
 fn run(
@@ -237,8 +243,11 @@ pub(crate) fn enabled(shared: &Shared) -> bool {
     c.gc_url.is_some() && c.gc_token.is_some() && c.gc_inbound_token.is_some()
 }
 
-/// SIGTERM drain: tries to move every meeting, one after another, until `deadline`. Meetings
-/// that do not move stay and end at the drain deadline as before. Returns (moved, stayed).
+/// SIGTERM drain: tries to move every meeting until `deadline`. Meetings that do not move stay
+/// and end at the drain deadline as before. A meeting whose participants of an earlier move are
+/// still on their way here is tried again every `drain_poll` until they are back (or their
+/// resume window ended): moving it on earlier would strand them, since they know only this
+/// controller. Returns (moved, stayed).
 pub(crate) fn migrate_all(shared: &Shared, deadline: Instant) -> (usize, usize) {
     let mut ids = Vec::new();
     for r in shared
@@ -246,29 +255,58 @@ pub(crate) fn migrate_all(shared: &Shared, deadline: Instant) -> (usize, usize) 
         .fan_out(&ShardRequest::ListMeetings, shared.timing.request_timeout)
     {
         if let Ok(ShardReply::Meetings(ms)) = r {
-            ids.extend(ms.into_iter().map(|m| m.meeting_id));
+            ids.extend(
+                ms.into_iter()
+                    .filter_map(|m| MeetingId::parse(&m.meeting_id).ok()),
+            );
         }
     }
     let (mut moved, mut stayed) = (0, 0);
     let mut gc_down = false;
-    for raw in ids {
-        if gc_down || Instant::now() >= deadline {
-            stayed += 1;
-            continue;
-        }
-        let Ok(id) = MeetingId::parse(&raw) else {
-            continue;
-        };
-        match migrate_meeting(shared, &id, None) {
-            Ok(_) => moved += 1,
-            Err(Failure::Gc(CallError::Unavailable(_))) => {
-                // A GC that cannot be reached will not answer for the next meeting either:
-                // the rest stay rather than each waiting out the GC timeout.
+    loop {
+        let mut waiting = Vec::new();
+        for id in ids {
+            if gc_down || Instant::now() >= deadline {
                 stayed += 1;
-                gc_down = true;
+                continue;
             }
-            Err(_) => stayed += 1,
+            let result = run(shared, &id, None, Instant::now());
+            if matches!(result, Err(Failure::Export(ExportError::Returning))) {
+                // Not an attempt yet (nothing was exported): not counted until it gives up.
+                waiting.push(id);
+                continue;
+            }
+            shared.metrics.migration_started();
+            record(shared, &id, &result);
+            match result {
+                Ok(_) => moved += 1,
+                Err(Failure::Gc(CallError::Unavailable(_))) => {
+                    // A GC that cannot be reached will not answer for the next meeting either:
+                    // the rest stay rather than each waiting out the GC timeout.
+                    stayed += 1;
+                    gc_down = true;
+                }
+                Err(_) => stayed += 1,
+            }
         }
+        if waiting.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        if gc_down || now >= deadline {
+            for id in &waiting {
+                shared.metrics.migration_started();
+                record(shared, id, &Err(Failure::Export(ExportError::Returning)));
+            }
+            stayed += waiting.len();
+            break;
+        }
+        tracing::info!(
+            meetings = waiting.len(),
+            "drain: waiting for participants of earlier moves before moving their meetings on"
+        );
+        std::thread::sleep(shared.timing.drain_poll.min(deadline - now));
+        ids = waiting;
     }
     tracing::info!(
         moved,
@@ -572,6 +610,7 @@ mod tests {
             Failure::Export(ExportError::NotFound),
             Failure::Export(ExportError::InProgress),
             Failure::Export(ExportError::ClientsUnsupported),
+            Failure::Export(ExportError::Returning),
             Failure::Gc(CallError::Refused {
                 status: 409,
                 reason: "no_target".into(),

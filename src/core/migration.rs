@@ -93,6 +93,11 @@ pub enum ExportError {
     /// controller's normal drain behaviour.
     #[error("a participant's client does not follow migrate")]
     ClientsUnsupported,
+    /// The meeting arrived here by an earlier move and some participants are still on their way
+    /// (frames are held for them here; they know only this controller). Moving it on now would
+    /// strand them: try again once they are back or their resume window has ended.
+    #[error("participants of an earlier move are still on their way here")]
+    Returning,
 }
 
 impl ExportError {
@@ -102,6 +107,7 @@ impl ExportError {
             ExportError::NotFound => "not_found",
             ExportError::InProgress => "in_progress",
             ExportError::ClientsUnsupported => "clients_unsupported",
+            ExportError::Returning => "participants_returning",
         }
     }
 }

@@ -85,6 +85,9 @@ impl Shard {
         if m.participants().any(|p| !p.follows_migrate) {
             return Err(ExportError::ClientsUnsupported);
         }
+        if m.is_holding() {
+            return Err(ExportError::Returning);
+        }
         let window_ms = u64::try_from(self.cfg.resume_window.as_millis()).unwrap_or(u64::MAX);
         // Bounded: the slot at the target lasts one resume window; the token a little longer
         // so a client that got the notice at the end of a slow commit still fits.

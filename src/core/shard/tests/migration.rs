@@ -257,6 +257,71 @@ fn a_meeting_moves_with_roster_roles_mute_and_held_messages() {
 }
 
 #[test]
+fn a_meeting_is_not_moved_on_while_participants_of_its_last_move_are_on_their_way() {
+    let mut src = Harness::single();
+    let mut dst = Harness::single();
+    let (a, pa) = src.capable("hop", Role::Host);
+    let (b, pb) = src.capable("hop", Role::Participant);
+    let (c, _pc) = src.capable("hop", Role::Participant);
+    for conn in [a, b, c] {
+        src.recv(conn);
+    }
+    let mid = MeetingId::parse("hop").unwrap();
+    let now = src.now();
+    let export = src.shard.begin_export(&mid, "mig-1", "mc-a", now).unwrap();
+    let now = dst.now();
+    assert_eq!(
+        dst.shard.import_meeting(&export, now),
+        Ok(ImportOutcome::Imported)
+    );
+    let now = src.now();
+    assert_eq!(src.shard.commit_export(&mid, target_info(), now), Some(3));
+    let (_, ta, _) = notice(&src.recv(a));
+    let (_, tb, _) = notice(&src.recv(b));
+
+    // A is back and talks; B and C are still on their way (they know only this controller).
+    let a2 = dst.open();
+    dst.join_as(a2, "hop", Role::Host, Some((&pa, &ta)), true);
+    dst.broadcast(a2, serde_json::json!("m1"));
+    assert!(dst.recv(a2).is_empty());
+    // Moving the meeting on now would drop what is held for them and strand them: refused,
+    // and the meeting is not frozen (A's next message is not refused).
+    let now = dst.now();
+    assert_eq!(
+        dst.shard.begin_export(&mid, "mig-2", "mc-b", now),
+        Err(ExportError::Returning)
+    );
+    dst.broadcast(a2, serde_json::json!("m2"));
+    assert!(dst.recv(a2).is_empty(), "not refused");
+
+    // B comes back and gets everything said meanwhile, in order; C is still missing.
+    let b2 = dst.open();
+    let msgs = dst.join_as(b2, "hop", Role::Participant, Some((&pb, &tb)), true);
+    let said: Vec<&serde_json::Value> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Message { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["m1", "m2"], "{msgs:?}");
+    let now = dst.now();
+    assert_eq!(
+        dst.shard.begin_export(&mid, "mig-3", "mc-b", now),
+        Err(ExportError::Returning)
+    );
+
+    // C's window ends: it leaves with `timeout`, and the meeting can move on.
+    dst.advance(Duration::from_secs(31));
+    dst.recv(a2);
+    dst.recv(b2);
+    let now = dst.now();
+    let again = dst.shard.begin_export(&mid, "mig-4", "mc-b", now).unwrap();
+    assert_eq!(again.participants.len(), 2);
+    assert_eq!(ExportError::Returning.reason(), "participants_returning");
+}
+
+#[test]
 fn an_aborted_export_leaves_the_meeting_running() {
     let mut h = Harness::single();
     let (a, _) = h.capable("ab", Role::Host);

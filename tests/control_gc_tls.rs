@@ -10,9 +10,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mc::control::{parse_ca_certs, start_with, ControlOptions};
+use mc::control::parse_ca_certs;
 use mc_test_support::fake_gc::{FakeGc, FakeGcConfig};
-use mc_test_support::fake_shards::{fake_runtime, FakeShardsConfig};
 use support::*;
 
 /// A CA and a `localhost` server certificate it signed (PEM).
@@ -114,27 +113,9 @@ fn relay(conn: TcpStream, config: Arc<rustls::ServerConfig>, backend: SocketAddr
 /// A controller whose GC is `gc_url`, trusting `ca` (empty: the public web roots).
 fn controller(gc_url: String, ca: Vec<ureq::tls::Certificate<'static>>) -> Rig {
     let o = RigOpts::default();
-    let (link, shards) = fake_runtime(FakeShardsConfig {
-        shards: o.shards,
-        max_meetings_per_shard: o.max_meetings_per_shard,
-        mailbox: 64,
-    });
     let mut cfg = config(&o, Some(gc_url));
     cfg.gc_ca_certs = ca;
-    let ctl = start_with(
-        cfg,
-        link,
-        ControlOptions {
-            timing: timing(o.stale_after),
-            handle_signals: false,
-        },
-    )
-    .unwrap();
-    Rig {
-        ctl,
-        shards,
-        gc: None,
-    }
+    start_rig(&o, cfg, None)
 }
 
 fn fake_gc() -> FakeGc {

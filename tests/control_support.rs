@@ -118,12 +118,23 @@ pub fn rig(o: RigOpts) -> Rig {
 
 /// Like [`rig`] with a fake GC prepared by the caller (e.g. started `Down`).
 pub fn rig_with_gc(o: RigOpts, gc: Option<FakeGc>) -> Rig {
+    let cfg = config(&o, gc.as_ref().map(FakeGc::url));
+    let rig = start_rig(&o, cfg, gc);
+    // Every shard has answered at least once before a test starts.
+    assert!(
+        wait_for(|| http(&rig, "GET", "/health", None, None).0 == 200 && all_seen(&rig)),
+        "controller did not come up"
+    );
+    rig
+}
+
+/// A control thread over `o`'s fake shards with configuration `cfg`, not waited for.
+pub fn start_rig(o: &RigOpts, cfg: ControlConfig, gc: Option<FakeGc>) -> Rig {
     let (link, shards) = fake_runtime(FakeShardsConfig {
         shards: o.shards,
         max_meetings_per_shard: o.max_meetings_per_shard,
         mailbox: 64,
     });
-    let cfg = config(&o, gc.as_ref().map(FakeGc::url));
     let ctl = start_with(
         cfg,
         link,
@@ -133,13 +144,7 @@ pub fn rig_with_gc(o: RigOpts, gc: Option<FakeGc>) -> Rig {
         },
     )
     .unwrap();
-    let rig = Rig { ctl, shards, gc };
-    // Every shard has answered at least once before a test starts.
-    assert!(
-        wait_for(|| http(&rig, "GET", "/health", None, None).0 == 200 && all_seen(&rig)),
-        "controller did not come up"
-    );
-    rig
+    Rig { ctl, shards, gc }
 }
 
 fn all_seen(rig: &Rig) -> bool {

@@ -282,12 +282,10 @@ fn connect(addr: SocketAddr, transport: TransportKind, meeting: &str) -> anyhow:
     }
     CFGS.with(|c| -> anyhow::Result<Link> {
         let mut map = c.borrow_mut();
-        if !map.contains_key(transport.name()) {
-            map.insert(transport.name(), client_config(transport)?);
-        }
-        let cfg = map
-            .get_mut(transport.name())
-            .ok_or_else(|| anyhow!("config"))?;
+        let cfg = match map.entry(transport.name()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(client_config(transport)?),
+        };
         connect_with(addr, transport, meeting, sock, local, cfg)
     })
 }

@@ -91,6 +91,19 @@ impl Harness {
     }
 
     fn join(&mut self, conn: ConnId, meeting: &str, role: Role) -> Vec<ServerMessage> {
+        self.join_as(conn, meeting, role, None, false)
+    }
+
+    /// A join with an optional resume (participant id, binding token) and, with `caps`, the
+    /// `migrate` capability (plus one this server does not know).
+    fn join_as(
+        &mut self,
+        conn: ConnId,
+        meeting: &str,
+        role: Role,
+        resume: Option<(&str, &str)>,
+        caps: bool,
+    ) -> Vec<ServerMessage> {
         let token = self.token(meeting, role);
         self.send(
             conn,
@@ -99,8 +112,18 @@ impl Harness {
                 token,
                 display_name: format!("name-{}", conn.0),
                 request_id: None,
-                resume: None,
-                capabilities: Vec::new(),
+                resume: resume.map(|(p, t)| ResumeRequest {
+                    participant_id: p.into(),
+                    binding_token: t.into(),
+                }),
+                capabilities: if caps {
+                    vec![
+                        crate::core::protocol::CAPABILITY_MIGRATE.into(),
+                        "future-thing".into(),
+                    ]
+                } else {
+                    Vec::new()
+                },
             },
         );
         self.recv(conn)

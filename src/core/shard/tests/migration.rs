@@ -14,36 +14,6 @@ fn target_info() -> MigrationTarget {
 }
 
 impl Harness {
-    fn join_as(
-        &mut self,
-        conn: ConnId,
-        meeting: &str,
-        role: Role,
-        resume: Option<(&str, &str)>,
-        caps: bool,
-    ) -> Vec<ServerMessage> {
-        let token = self.token(meeting, role);
-        self.send(
-            conn,
-            &ClientMessage::Join {
-                meeting_id: meeting.into(),
-                token,
-                display_name: format!("name-{}", conn.0),
-                request_id: None,
-                resume: resume.map(|(p, t)| ResumeRequest {
-                    participant_id: p.into(),
-                    binding_token: t.into(),
-                }),
-                capabilities: if caps {
-                    vec![CAPABILITY_MIGRATE.into(), "future-thing".into()]
-                } else {
-                    Vec::new()
-                },
-            },
-        );
-        self.recv(conn)
-    }
-
     fn capable(&mut self, meeting: &str, role: Role) -> (ConnId, String) {
         let c = self.open();
         match self.join_as(c, meeting, role, None, true).first() {

@@ -284,24 +284,12 @@ fn connect(addr: SocketAddr, transport: TransportKind, meeting: &str) -> anyhow:
         let mut map = c.borrow_mut();
         let cfg = match map.entry(transport.name()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(client_config(transport)?),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(transport.client_config(Duration::from_secs(30))?)
+            }
         };
         connect_with(addr, transport, meeting, sock, local, cfg)
     })
-}
-
-fn client_config(transport: TransportKind) -> anyhow::Result<quiche::Config> {
-    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
-    cfg.set_application_protos(transport.alpn())?;
-    cfg.verify_peer(false);
-    cfg.set_max_idle_timeout(30_000);
-    cfg.set_max_recv_udp_payload_size(1350);
-    cfg.set_max_send_udp_payload_size(1350);
-    cfg.set_initial_max_data(8 << 20);
-    cfg.set_initial_max_stream_data_bidi_local(1 << 20);
-    cfg.set_initial_max_stream_data_bidi_remote(1 << 20);
-    transport.configure(&mut cfg);
-    Ok(cfg)
 }
 
 fn connect_with(

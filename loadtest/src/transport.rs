@@ -14,6 +14,9 @@
 use std::collections::VecDeque;
 
 use clap::ValueEnum;
+
+/// Largest UDP payload a generator connection sends or accepts.
+pub const MAX_DATAGRAM: usize = 1350;
 use mc::webtransport::{ClientConfig, ClientEvent, H3Client};
 
 /// Why the signaling stream failed.
@@ -79,6 +82,28 @@ impl TransportKind {
             TransportKind::Quic => &[b"mc/1"],
             TransportKind::Webtransport => &[b"h3"],
         }
+    }
+
+    /// A client configuration for this transport: every generator connection uses it (build it
+    /// once and share it: each `quiche::Config` is a TLS context with the system CA store).
+    pub fn client_config(
+        self,
+        idle_timeout: std::time::Duration,
+    ) -> quiche::Result<quiche::Config> {
+        let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
+        cfg.set_application_protos(self.alpn())?;
+        // The development server certificate is self-signed; latency, not trust, is measured.
+        cfg.verify_peer(false);
+        cfg.set_max_idle_timeout(u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX));
+        cfg.set_max_recv_udp_payload_size(MAX_DATAGRAM);
+        cfg.set_max_send_udp_payload_size(MAX_DATAGRAM);
+        cfg.set_initial_max_data(8 << 20);
+        cfg.set_initial_max_stream_data_bidi_local(2 << 20);
+        cfg.set_initial_max_stream_data_bidi_remote(2 << 20);
+        cfg.set_initial_max_stream_data_uni(1 << 20);
+        cfg.set_disable_active_migration(true);
+        self.configure(&mut cfg);
+        Ok(cfg)
     }
 
     /// Transport-specific quiche settings (stream limits, datagrams, ...).

@@ -47,7 +47,6 @@ use mc::runtime::udp::{Receiver, RECV_BATCH};
 /// Length of the connection IDs this client chooses (packets are routed back by them).
 const SCID_LEN: usize = 16;
 /// Largest UDP payload sent or accepted.
-const MAX_DATAGRAM: usize = 1350;
 /// Bytes a connection may have waiting for flow control before sends are skipped (and counted).
 const BACKLOG_LIMIT: usize = 4 << 20;
 /// How long a leaving participant waits for the server to close before closing itself.
@@ -314,7 +313,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         }
     }
 
-    let mut config = quiche_config(&settings)?;
+    let mut config = settings.transport.client_config(settings.idle_timeout)?;
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(1024);
     let mut timer = TimerFd::new(poll.registry(), TIMER_TOKEN)?;
@@ -406,7 +405,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
     let mut bufs = Buffers {
         msgs: Vec::new(),
         recv: Receiver::default(),
-        send: SendBatch::new(MAX_DATAGRAM),
+        send: SendBatch::new(crate::transport::MAX_DATAGRAM),
         flushed: Flushed::default(),
         stream: vec![0u8; 65536],
         batch: Vec::new(),
@@ -522,23 +521,6 @@ struct Buffers {
     flushed: Flushed,
     stream: Vec<u8>,
     batch: Vec<usize>,
-}
-
-fn quiche_config(s: &Settings) -> anyhow::Result<quiche::Config> {
-    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION)?;
-    cfg.set_application_protos(s.transport.alpn())?;
-    // The development server certificate is self-signed; latency, not trust, is measured.
-    cfg.verify_peer(false);
-    cfg.set_max_idle_timeout(u64::try_from(s.idle_timeout.as_millis()).unwrap_or(u64::MAX));
-    cfg.set_max_recv_udp_payload_size(MAX_DATAGRAM);
-    cfg.set_max_send_udp_payload_size(MAX_DATAGRAM);
-    cfg.set_initial_max_data(8 << 20);
-    cfg.set_initial_max_stream_data_bidi_local(2 << 20);
-    cfg.set_initial_max_stream_data_bidi_remote(2 << 20);
-    cfg.set_initial_max_stream_data_uni(1 << 20);
-    cfg.set_disable_active_migration(true);
-    s.transport.configure(&mut cfg);
-    Ok(cfg)
 }
 
 fn open_socket(server: SocketAddr, shared: bool) -> io::Result<(UdpSocket, SocketAddr)> {

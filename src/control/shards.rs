@@ -122,7 +122,7 @@ impl ShardPool {
         };
         let mut memo = self.memo();
         let m = &mut memo[idx];
-        match self.handles[idx].tx.try_send(msg) {
+        match self.handles[idx].try_send(msg) {
             Ok(()) => {
                 m.next_seq += 1;
                 Ok(Pending {
@@ -216,7 +216,7 @@ impl ShardPool {
     /// Sends `req` to every shard without waiting for answers (last-resort shutdown).
     pub fn broadcast_no_reply(&self, req: &ShardRequest) {
         for h in &self.handles {
-            let _ = h.tx.try_send(ControlMsg {
+            let _ = h.try_send(ControlMsg {
                 req: req.clone(),
                 reply: None,
             });
@@ -284,6 +284,7 @@ mod tests {
             shard: ShardId(0),
             cpu: None,
             tx,
+            wake: crate::runtime::wake::Wake::none(),
         };
         (ShardPool::new(vec![handle]), rx)
     }
@@ -327,6 +328,7 @@ mod tests {
             shard: ShardId(0),
             cpu: None,
             tx,
+            wake: crate::runtime::wake::Wake::none(),
         }]);
         std::thread::scope(|s| {
             let refresh = s.spawn(|| pool.refresh(Duration::from_secs(5)));

@@ -1,22 +1,26 @@
-//! The glommio glue of one shard: a `LocalExecutor` pinned to one CPU running three kinds of
-//! tasks over one [`ShardHost`]: the socket reader, one reader per peer shard, and a ticker
-//! (timers and control requests). No task holds the host across an `.await`.
+//! The glommio glue of one shard: a `LocalExecutor` pinned to one CPU running one task, the
+//! shard loop, over one [`ShardHost`].
 //!
-//! The socket reader works in turns: it awaits one datagram, then drains the socket without
-//! blocking (`recvmmsg`, [`RECV_BATCH`] per call) up to [`TurnLimits::max_datagrams`] datagrams or
-//! [`TurnLimits::budget`], and only then flushes — each connection once — and sends everything with
-//! `sendmmsg`. So a connection's frames from many inbound datagrams share packets, ACKs are
-//! coalesced, and a busy socket costs one wake-up per turn instead of one per datagram.
+//! The loop works in turns. A turn takes what other shards sent ([`PeerMsg`]s), then drains the
+//! socket without blocking (`recvmmsg`, [`RECV_BATCH`] per call) up to
+//! [`TurnLimits::max_datagrams`] datagrams or [`TurnLimits::budget`], fires due timers and
+//! serves control requests, and only then flushes — each connection once — and sends everything
+//! with `sendmmsg`. So a connection's frames from many inbound datagrams share packets, ACKs are
+//! coalesced, and a busy socket costs one pass per turn instead of one per datagram.
+//!
+//! When a turn leaves nothing to do, the loop sleeps in `ppoll` on the socket and the shard's
+//! [`Wake`] eventfd until the next timer, at most [`MAX_TICK`]. It does not await the socket
+//! through glommio's rings: a wake-up through the executor costs about ten system calls (its
+//! preemption timers are cancelled and re-armed on every pass) where `ppoll` costs one, and at
+//! 20 k deliveries/s that difference was a third of the shard's CPU (docs/performance.md).
+//! Other threads queue work on channels and then call [`Wake::wake`]. glommio still runs the
+//! task, pins it, and performs the rare send that has to wait for room in the socket buffer.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::channels::shared_channel::{
-    ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
+use crossbeam_channel::{Receiver, Sender};
 use glommio::net::UdpSocket;
 
 use crate::core::ids::ShardId;
@@ -24,9 +28,15 @@ use crate::core::shard::Now;
 use crate::quic::endpoint::PeerMsg;
 use crate::runtime::host::{clock, ShardHost};
 use crate::runtime::udp::{self, RECV_BATCH};
+use crate::runtime::wake::{self, Wake};
 
-/// Longest sleep of the ticker: bounds the latency of control requests.
-const MAX_TICK: Duration = Duration::from_millis(5);
+/// Longest sleep of a shard: bounds how late periodic work (keep-alive sweeps, close grace
+/// periods) runs.
+pub const MAX_TICK: Duration = Duration::from_millis(5);
+/// Shortest time between two timer passes: a deadline that does not move when handled cannot
+/// make the loop spin.
+const MIN_TICK: Duration = Duration::from_micros(200);
+
 /// Bounds of one socket turn (`--turn-max-datagrams`, `--turn-budget`, `--max-queue-delay`).
 #[derive(Debug, Clone, Copy)]
 pub struct TurnLimits {
@@ -41,6 +51,15 @@ pub struct TurnLimits {
     pub max_queue_delay: Duration,
 }
 
+/// One shard's way to another: the channel and the receiver's wake-up line.
+#[derive(Debug, Clone)]
+pub struct PeerSender {
+    /// Channel to the other shard.
+    pub tx: Sender<PeerMsg>,
+    /// Its wake-up line.
+    pub wake: Wake,
+}
+
 /// Everything a shard thread needs, moved into it.
 pub struct ShardParts {
     /// Shard id.
@@ -50,48 +69,49 @@ pub struct ShardParts {
     /// Local address to report to quiche.
     pub local: SocketAddr,
     /// Senders to every other shard (index = shard id; `None` for self).
-    pub peer_tx: Vec<Option<SharedSender<PeerMsg>>>,
+    pub peer_tx: Vec<Option<PeerSender>>,
     /// Receivers from every other shard.
-    pub peer_rx: Vec<SharedReceiver<PeerMsg>>,
+    pub peer_rx: Vec<Receiver<PeerMsg>>,
+    /// This shard's wake-up line (the control thread and other shards hold clones).
+    pub wake: Wake,
     /// Bounds of a socket turn.
     pub turn: TurnLimits,
+    /// How long an idle shard keeps polling before it sleeps (zero: sleep at once).
+    pub spin: Duration,
 }
-
-type Peers = Rc<Vec<Option<ConnectedSender<PeerMsg>>>>;
 
 /// The shard's socket and the reusable `recvmmsg`/`sendmmsg` arrays that use it.
 struct Wire {
     socket: UdpSocket,
-    batcher: RefCell<udp::Batcher>,
-    receiver: RefCell<udp::Receiver>,
+    batcher: udp::Batcher,
+    receiver: udp::Receiver,
 }
-
-type Host = Rc<RefCell<ShardHost>>;
 
 /// Flushes the endpoint at `now` and performs its output: peer messages, then the packets
 /// with `sendmmsg`.
-async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers, now: Now) {
+async fn flush(host: &mut ShardHost, wire: &mut Wire, peers: &[Option<PeerSender>], now: Now) {
     let mut now = now;
     loop {
-        let mut out = host.borrow_mut().flush(now);
+        let mut out = host.flush(now);
         let mut awaited = false;
         for (to, msg) in out.peers.drain(..) {
             let kind = msg.kind();
             let sent = match peers.get(usize::from(to.0)).and_then(Option::as_ref) {
-                Some(tx) => tx.try_send(msg).is_ok(),
+                Some(p) => {
+                    let ok = p.tx.try_send(msg).is_ok();
+                    p.wake.wake();
+                    ok
+                }
                 None => false,
             };
             if !sent {
-                host.borrow_mut().count_peer_drop(kind);
+                host.count_peer_drop(kind);
             }
         }
+        let fd = wire.socket.as_raw_fd();
         let mut i = 0;
         while i < out.packets.len() {
-            // Not held across an await: the borrow ends with the call.
-            let r = wire
-                .batcher
-                .borrow_mut()
-                .send(wire.socket.as_raw_fd(), &out.packets, i);
+            let r = wire.batcher.send(fd, &out.packets, i);
             i = r.next;
             if r.would_block {
                 // Socket buffer full: wait for room with one awaited send, then batch again.
@@ -104,38 +124,43 @@ async fn flush(host: &Host, wire: &Rc<Wire>, peers: &Peers, now: Now) {
                 i += 1;
             }
         }
-        host.borrow_mut().recycle(out);
+        host.recycle(out);
         if !awaited {
             return;
         }
-        // Other tasks ran while this one waited for the socket: flush what they left.
+        // Time passed while this waited for the socket: flush what became due.
         now = clock();
     }
 }
 
-/// One socket turn started at `now`: `first` (a datagram the awaited read returned, if any),
-/// then drain the socket without blocking within the turn's bounds, feeding every datagram to
-/// the endpoint. Returns how many datagrams the turn read (0: the socket was empty) and the
-/// time of its last batch.
+/// What one [`read_turn`] did.
+struct TurnRead {
+    /// Datagrams read (handed over or dropped as stale/oversized).
+    read: usize,
+    /// Time of the last batch.
+    now: Now,
+    /// The turn stopped at its bounds: the socket may hold more.
+    more: bool,
+    /// `recvmmsg` failed.
+    failed: bool,
+}
+
+/// One socket turn started at `now`: drain the socket without blocking within the turn's
+/// bounds, feeding every datagram to the endpoint.
 fn read_turn(
-    host: &Host,
-    wire: &Wire,
-    first: Option<(&mut [u8], SocketAddr)>,
+    host: &mut ShardHost,
+    wire: &mut Wire,
     local: SocketAddr,
     now: Now,
     limits: TurnLimits,
-) -> (usize, Now) {
+) -> TurnRead {
     let started = now.mono;
     let mut now = now;
-    let mut h = host.borrow_mut();
-    let mut handled = 0;
-    if let Some((first, from)) = first {
-        h.endpoint_mut().handle_datagram(first, from, local, now);
-        handled += 1;
-    }
-    let mut rx = wire.receiver.borrow_mut();
+    let mut read = 0;
+    let fd = wire.socket.as_raw_fd();
+    let rx = &mut wire.receiver;
     let delay_ns = u64::try_from(limits.max_queue_delay.as_nanos()).unwrap_or(u64::MAX);
-    while handled < limits.max_datagrams {
+    while read < limits.max_datagrams {
         // Datagrams the kernel stamped before this instant waited too long: skip them.
         let stale_before = if delay_ns == 0 {
             0
@@ -145,30 +170,77 @@ fn read_turn(
                 .saturating_sub(delay_ns)
                 .max(1)
         };
-        let got = match rx.recv(wire.socket.as_raw_fd(), stale_before) {
+        let got = match rx.recv(fd, stale_before) {
             Ok(got) => got,
             Err(e) => {
                 tracing::debug!(error = %e, "recvmmsg failed");
-                break;
+                return TurnRead {
+                    read,
+                    now,
+                    more: false,
+                    failed: true,
+                };
             }
         };
-        h.count_unread(got.truncated, got.stale);
+        host.count_unread(got.truncated, got.stale);
         if got.read == 0 {
             break;
         }
-        now = clock();
-        let ep = h.endpoint_mut();
+        if read > 0 {
+            now = clock();
+        }
+        let ep = host.endpoint_mut();
         for i in 0..got.count {
             if let Some((buf, from)) = rx.datagram(i) {
                 ep.handle_datagram(buf, from, local, now);
             }
         }
-        handled += got.read;
-        if got.read < RECV_BATCH || now.mono.saturating_duration_since(started) >= limits.budget {
+        read += got.read;
+        if got.read < RECV_BATCH {
             break;
         }
+        if now.mono.saturating_duration_since(started) >= limits.budget {
+            return TurnRead {
+                read,
+                now,
+                more: true,
+                failed: false,
+            };
+        }
     }
-    (handled, now)
+    TurnRead {
+        read,
+        now,
+        more: read >= limits.max_datagrams,
+        failed: false,
+    }
+}
+
+/// Hands up to `limit` messages from other shards to the host. Returns (messages, forwarded
+/// datagrams among them).
+fn drain_peers(
+    host: &mut ShardHost,
+    peer_rx: &[Receiver<PeerMsg>],
+    now: Now,
+    limit: usize,
+) -> (usize, u64) {
+    let (mut n, mut datagrams) = (0, 0);
+    for rx in peer_rx {
+        while n < limit {
+            let Ok(msg) = rx.try_recv() else { break };
+            datagrams += u64::from(matches!(msg, PeerMsg::Datagram { .. }));
+            host.handle_peer(msg, now);
+            n += 1;
+        }
+    }
+    (n, datagrams)
+}
+
+/// When the next timer pass is due, the last one having run at `last`.
+fn next_tick(host: &ShardHost, last: Instant) -> Instant {
+    let cap = last + MAX_TICK;
+    let due = host.endpoint().poll_timeout().map_or(cap, |d| d.min(cap));
+    due.max(last + MIN_TICK)
 }
 
 /// Runs the shard until a `Shutdown` request completes.
@@ -179,14 +251,16 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
         local,
         peer_tx,
         peer_rx,
+        wake,
         turn,
+        spin,
     } = parts;
     // SAFETY: the fd is a bound, non-blocking UDP socket we own.
-    let wire = Rc::new(Wire {
+    let mut wire = Wire {
         socket: unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) },
-        batcher: RefCell::new(udp::Batcher::default()),
-        receiver: RefCell::new(udp::Receiver::default()),
-    });
+        batcher: udp::Batcher::default(),
+        receiver: udp::Receiver::default(),
+    };
     let mut host = host;
     let fd = wire.socket.as_raw_fd();
     if !turn.max_queue_delay.is_zero() {
@@ -195,125 +269,55 @@ pub async fn run(parts: ShardParts, host: ShardHost) {
         }
     }
     host.set_kernel_drops_probe(Box::new(move || udp::receive_drops(fd)));
-    let host: Host = Rc::new(RefCell::new(host));
-    // Connect both directions concurrently: a sender's connect waits for its receiver. The
-    // reactor only re-checks pending connections when it wakes up, so keep it awake with a
-    // short timer until the mesh is connected (otherwise a late peer can leave us parked).
-    let nudge = glommio::spawn_local(async {
-        loop {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-    });
-    let rx_tasks: Vec<_> = peer_rx
-        .into_iter()
-        .map(|rx| glommio::spawn_local(async move { rx.connect().await }))
-        .collect();
-    let tx_tasks: Vec<_> = peer_tx
-        .into_iter()
-        .map(|tx| {
-            glommio::spawn_local(async move {
-                match tx {
-                    Some(tx) => Some(tx.connect().await),
-                    None => None,
-                }
-            })
-        })
-        .collect();
-    let mut connected = Vec::with_capacity(tx_tasks.len());
-    for t in tx_tasks {
-        connected.push(t.await);
-    }
-    let peers: Peers = Rc::new(connected);
-    let mut receivers = Vec::new();
-    for t in rx_tasks {
-        receivers.push(t.await);
-    }
-    drop(nudge);
-
-    let mut tasks = Vec::new();
-    for rx in receivers {
-        let rx: ConnectedReceiver<PeerMsg> = rx;
-        let (host, wire, peers) = (host.clone(), wire.clone(), peers.clone());
-        tasks.push(glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                let now = clock();
-                let datagrams = u64::from(matches!(msg, PeerMsg::Datagram { .. }));
-                host.borrow_mut().handle_peer(msg, now);
-                flush(&host, &wire, &peers, now).await;
-                let done = Instant::now();
-                host.borrow_mut()
-                    .record_turn(done - now.mono, datagrams, done);
-                glommio::yield_if_needed().await;
-            }
-        }));
-    }
-    {
-        let (host, wire, peers) = (host.clone(), wire.clone(), peers.clone());
-        tasks.push(glommio::spawn_local(async move {
-            let mut buf = vec![0u8; 65536];
-            let mut first: Option<(usize, SocketAddr)> = None;
-            loop {
-                // Read without waiting while the socket has datagrams: a busy shard goes from
-                // turn to turn with `recvmmsg` alone and never parks on the ring.
-                let started = clock();
-                let (handled, now) = read_turn(
-                    &host,
-                    &wire,
-                    first.take().map(|(n, from)| (&mut buf[..n], from)),
-                    local,
-                    started,
-                    turn,
-                );
-                if handled == 0 {
-                    // Empty: sleep until the next datagram (it starts the next turn).
-                    match wire.socket.recv_from(&mut buf).await {
-                        Ok((n, from)) => first = Some((n, from)),
-                        Err(e) => {
-                            tracing::warn!(shard = %shard, error = %e, "recv_from failed");
-                            glommio::timer::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                    continue;
-                }
-                flush(&host, &wire, &peers, now).await;
-                let done = Instant::now();
-                host.borrow_mut()
-                    .record_turn(done - started.mono, handled as u64, done);
-                // A busy socket must not starve the ticker (timers, control requests).
-                glommio::yield_if_needed().await;
-            }
-        }));
-    }
     tracing::info!(shard = %shard, %local, "shard serving");
+    let mut last_tick = Instant::now();
+    let mut last_busy = last_tick;
     let mut stop_since: Option<Instant> = None;
     loop {
-        let wait = {
-            let h = host.borrow();
-            h.endpoint()
-                .poll_timeout()
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(MAX_TICK)
-                .clamp(Duration::from_micros(200), MAX_TICK)
-        };
-        glommio::timer::sleep(wait).await;
-        let now = clock();
-        host.borrow_mut().handle_tick(now);
-        flush(&host, &wire, &peers, now).await;
-        let done = Instant::now();
-        host.borrow_mut().record_turn(done - now.mono, 0, done);
-        let (stopping, stopped) = {
-            let h = host.borrow();
-            (h.stopping(), h.stopped())
-        };
-        if stopping {
-            let since = *stop_since.get_or_insert_with(Instant::now);
-            if stopped || since.elapsed() > Duration::from_secs(2) {
+        let started = clock();
+        let (peer_msgs, forwarded) = drain_peers(&mut host, &peer_rx, started, turn.max_datagrams);
+        let r = read_turn(&mut host, &mut wire, local, started, turn);
+        let now = r.now;
+        let tick = now.mono >= next_tick(&host, last_tick) || host.control_pending();
+        if tick {
+            host.handle_tick(now);
+            last_tick = now.mono;
+        }
+        if peer_msgs > 0 || r.read > 0 || tick {
+            flush(&mut host, &mut wire, &peer_tx, now).await;
+            let done = Instant::now();
+            host.record_turn(done - started.mono, r.read as u64 + forwarded, done);
+            last_busy = done;
+        }
+        if tick && host.stopping() {
+            let since = *stop_since.get_or_insert(now.mono);
+            if host.stopped() || since.elapsed() > Duration::from_secs(2) {
                 break;
             }
         }
+        // Lets glommio run its own work (an awaited send) now and then; free unless its
+        // preemption timer fired.
+        glommio::yield_if_needed().await;
+        if r.more || peer_msgs >= turn.max_datagrams {
+            continue;
+        }
+        // Nothing left: sleep until a datagram, a wake-up or the next timer.
+        let now = Instant::now();
+        let due = next_tick(&host, last_tick);
+        if due <= now || now.saturating_duration_since(last_busy) < spin {
+            continue;
+        }
+        wake.prepare_sleep();
+        if host.control_pending() || peer_rx.iter().any(|rx| !rx.is_empty()) {
+            wake.awake(false);
+            continue;
+        }
+        // A failed read sleeps without the socket (it may stay readable with an error).
+        let socket = if r.failed { -1 } else { fd };
+        let woken = wake::sleep(socket, &wake, (due - now).min(MAX_TICK));
+        wake.awake(woken.signalled);
     }
     tracing::info!(shard = %shard, "shard stopped");
-    drop(tasks);
 }
 
 /// Wraps a std socket fd (used by tests that bind their own sockets).

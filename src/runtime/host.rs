@@ -185,6 +185,11 @@ impl ShardHost {
         self.ep.stopped()
     }
 
+    /// True when control requests are waiting.
+    pub fn control_pending(&self) -> bool {
+        !self.control_rx.is_empty()
+    }
+
     /// Serves every queued control request.
     pub fn serve_control(&mut self, t: Now) {
         while let Ok(msg) = self.control_rx.try_recv() {

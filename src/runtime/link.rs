@@ -15,6 +15,7 @@ use crate::core::migration::{
 };
 use crate::core::protocol::{EndReason, MediaHandler};
 use crate::core::shard::{AssignOutcome, ShardEvent};
+use crate::runtime::wake::Wake;
 
 /// Upper bounds (seconds) of the processing-duration histogram buckets.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -125,21 +126,29 @@ pub struct ShardHandle {
     pub cpu: Option<usize>,
     /// Its control mailbox.
     pub tx: Sender<ControlMsg>,
+    /// Its wake-up line: written after a request is queued if the shard sleeps.
+    pub wake: Wake,
 }
 
 impl ShardHandle {
+    /// Queues `msg` without waiting and wakes the shard.
+    pub fn try_send(&self, msg: ControlMsg) -> Result<(), TrySendError<ControlMsg>> {
+        self.tx.try_send(msg)?;
+        self.wake.wake();
+        Ok(())
+    }
+
     /// Sends `req` and waits up to `timeout` for the answer.
     pub fn request(&self, req: ShardRequest, timeout: Duration) -> Result<ShardReply, LinkError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.tx
-            .try_send(ControlMsg {
-                req,
-                reply: Some(tx),
-            })
-            .map_err(|e| match e {
-                TrySendError::Full(_) => LinkError::Full,
-                TrySendError::Disconnected(_) => LinkError::Gone,
-            })?;
+        self.try_send(ControlMsg {
+            req,
+            reply: Some(tx),
+        })
+        .map_err(|e| match e {
+            TrySendError::Full(_) => LinkError::Full,
+            TrySendError::Disconnected(_) => LinkError::Gone,
+        })?;
         rx.recv_timeout(timeout).map_err(|e| match e {
             crossbeam_channel::RecvTimeoutError::Timeout => LinkError::Timeout,
             crossbeam_channel::RecvTimeoutError::Disconnected => LinkError::Gone,

@@ -8,13 +8,13 @@ pub mod latency;
 pub mod link;
 pub mod steering;
 pub mod udp;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -39,7 +39,7 @@ pub struct RuntimeConfig {
     pub listen: SocketAddr,
     /// glommio io_memory per executor.
     pub io_memory: usize,
-    /// How long an idle executor polls before it parks (zero = park at once).
+    /// How long an idle shard polls before it sleeps (zero = sleep at once).
     pub spin_before_park: Duration,
     /// Bounds of a shard's socket turn (batching and overload shedding).
     pub turn: executor::TurnLimits,
@@ -156,16 +156,26 @@ pub fn start(
     quiche_config(&probe)
         .map_err(|e| StartError::Quic(format!("{e} (check --tls-cert/--tls-key)")))?;
 
-    // Shard → shard mesh.
-    let mut txs: Vec<Vec<Option<shared_channel::SharedSender<PeerMsg>>>> =
+    // Shard → shard mesh, and each shard's wake-up line.
+    let mut wakes = Vec::with_capacity(n);
+    for i in 0..n {
+        wakes.push(wake::Wake::new().map_err(|e| StartError::Executor {
+            shard: i as u16,
+            reason: format!("eventfd: {e}"),
+        })?);
+    }
+    let mut txs: Vec<Vec<Option<executor::PeerSender>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut rxs: Vec<Vec<shared_channel::SharedReceiver<PeerMsg>>> =
+    let mut rxs: Vec<Vec<crossbeam_channel::Receiver<PeerMsg>>> =
         (0..n).map(|_| Vec::new()).collect();
     for (from, row) in txs.iter_mut().enumerate() {
         for (to, slot) in row.iter_mut().enumerate() {
             if from != to {
-                let (tx, rx) = shared_channel::new_bounded(PEER_CHANNEL);
-                *slot = Some(tx);
+                let (tx, rx) = crossbeam_channel::bounded(PEER_CHANNEL);
+                *slot = Some(executor::PeerSender {
+                    tx,
+                    wake: wakes[to].clone(),
+                });
                 rxs[to].push(rx);
             }
         }
@@ -182,6 +192,7 @@ pub fn start(
             shard,
             cpu: Some(cpu),
             tx: control_tx,
+            wake: wakes[i].clone(),
         });
         let mut ecfg = cfg.endpoint.clone();
         ecfg.shard = shard;
@@ -201,7 +212,9 @@ pub fn start(
             local: local_addr,
             peer_tx: tx_row,
             peer_rx: rx_row,
+            wake: wakes[i].clone(),
             turn: cfg.turn,
+            spin: cfg.spin_before_park,
         };
         let placement = if cfg.pin {
             Placement::Fixed(cpu)
@@ -209,12 +222,12 @@ pub fn start(
             Placement::Unbound
         };
         let name = format!("mc-shard-{i}");
-        // Spinning is only honoured for pinned executors; zero parks at once (glommio's default).
+        // The shard loop does its own spinning (`spin`) and sleeping; glommio's preemption
+        // timer only decides how often the loop lets the executor run its own work.
         let builder = LocalExecutorBuilder::new(placement)
             .name(&name)
             .io_memory(cfg.io_memory)
-            .preempt_timer(Duration::from_millis(10))
-            .spin_before_park(cfg.spin_before_park);
+            .preempt_timer(Duration::from_millis(10));
         let ready_fail = ready_tx.clone();
         let spawned = builder.spawn(move || async move {
             let span = tracing::info_span!("shard", shard = i);

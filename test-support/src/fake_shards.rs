@@ -106,6 +106,7 @@ pub fn fake_runtime(cfg: FakeShardsConfig) -> (RuntimeLink, FakeShards) {
             shard: ShardId(i),
             cpu: Some(usize::from(i)),
             tx,
+            wake: mc::runtime::wake::Wake::none(),
         });
         let s = Arc::clone(&shard);
         let ev = ev_tx.clone();

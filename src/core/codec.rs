@@ -1,10 +1,14 @@
 //! Framing of signaling v1 §2: a 4-byte big-endian length `N` (1..=65536), then `N` bytes of
 //! one UTF-8 JSON object.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use super::ids::ParticipantId;
 use super::protocol::{ClientMessage, ServerMessage};
 
 /// Largest allowed frame body.
@@ -108,15 +112,150 @@ impl FrameDecoder {
 
 /// Encodes any serializable message as one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Frame {
-    let mut out = vec![0u8; HEADER_LEN];
+    thread_local! {
+        // One growing buffer per thread: a frame costs one allocation (the shared `Arc`).
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut out) => {
+            let frame = encode_into(&mut out, msg);
+            if out.capacity() > 4 * MAX_FRAME_LEN {
+                // A rare huge frame does not pin its buffer for the thread's life.
+                *out = Vec::new();
+            }
+            frame
+        }
+        Err(_) => encode_into(&mut Vec::new(), msg),
+    })
+}
+
+fn encode_into<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Frame {
+    out.clear();
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
     // Serializing our own message types into a Vec cannot fail.
-    if serde_json::to_writer(&mut out, msg).is_err() {
+    if serde_json::to_writer(&mut *out, msg).is_err() {
         out.truncate(HEADER_LEN);
         out.extend_from_slice(b"{}");
     }
     let len = (out.len() - HEADER_LEN) as u32;
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-    out.into()
+    Frame::from(&out[..])
+}
+
+/// A `message` payload exactly as the client wrote it: checked to be one JSON value, relayed
+/// byte for byte (never parsed into a tree and written again).
+pub type RawPayload = Box<RawValue>;
+
+/// A decoded client frame: `message`, the hot path, with its payload kept raw; every other
+/// type as a [`ClientMessage`].
+#[derive(Debug)]
+pub enum Request {
+    /// `message`.
+    Relay {
+        /// The payload as sent.
+        payload: RawPayload,
+        /// Recipients; absent means every other participant.
+        to: Option<Vec<String>>,
+    },
+    /// Any other message.
+    Client(ClientMessage),
+}
+
+impl Request {
+    /// A `message` decoded into a tree (tests, or the rare frame only the full decoder takes)
+    /// as a raw relay request.
+    pub fn from_client(msg: ClientMessage) -> Request {
+        match msg {
+            ClientMessage::Message { payload, to } => {
+                match RawValue::from_string(payload.to_string()) {
+                    Ok(payload) => Request::Relay { payload, to },
+                    // A tree always serializes to valid JSON; keep the message if not.
+                    Err(_) => Request::Client(ClientMessage::Message { payload, to }),
+                }
+            }
+            other => Request::Client(other),
+        }
+    }
+}
+
+/// The fields of a `message` frame, borrowed from its body.
+#[derive(Deserialize)]
+struct RelayFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    #[serde(default)]
+    to: Option<Vec<String>>,
+}
+
+/// Decodes a client frame body: a `message` straight into a [`Request::Relay`] (its payload
+/// validated but not parsed into a tree), anything else through [`decode_client`].
+pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
+    let text = std::str::from_utf8(body).map_err(|_| DecodeError::Utf8)?;
+    if let Ok(f) = serde_json::from_str::<RelayFrame<'_>>(text) {
+        if f.kind == "message" && !may_overflow(f.payload.get()) {
+            return Ok(Request::Relay {
+                payload: f.payload.to_owned(),
+                to: f.to,
+            });
+        }
+    }
+    serde_json::from_str(text)
+        .map(Request::from_client)
+        .map_err(|e| DecodeError::Json(e.to_string()))
+}
+
+/// True when the JSON text `raw` has a number that a tree parser may refuse as out of range
+/// (one with an exponent, or with more than 300 digits in a row). Such a payload takes the full
+/// decoder, which refuses what does not fit an `f64`: relaying it verbatim could break the
+/// recipients' own JSON parsers.
+fn may_overflow(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let (mut i, mut in_string, mut run) = (0, false, 0usize);
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if c.is_ascii_digit() {
+            run += 1;
+            if run > 300 {
+                return true;
+            }
+        } else {
+            // An exponent marker right after a digit or a decimal point (`true`/`false` have
+            // their `e` after a letter).
+            if (c == b'e' || c == b'E') && i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.')
+            {
+                return true;
+            }
+            run = 0;
+            in_string = c == b'"';
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The server's `message` (signaling v1 §4) around a raw payload: the same bytes
+/// [`encode_server`] writes for `ServerMessage::Message`, without building a tree.
+pub fn encode_relayed(from: &ParticipantId, payload: &RawValue) -> Frame {
+    #[derive(Serialize)]
+    struct Relayed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        from: &'a str,
+        payload: &'a RawValue,
+    }
+    encode(&Relayed {
+        kind: "message",
+        from: from.as_str(),
+        payload,
+    })
 }
 
 /// Encodes a server message as one frame.
@@ -219,6 +358,102 @@ mod tests {
             decode_client(br#"{"id":1}"#),
             Err(DecodeError::Json(_))
         ));
+    }
+
+    #[test]
+    fn a_message_is_decoded_raw_and_relayed_byte_for_byte() {
+        let body =
+            br#"{"to":["p0-1"],"type":"message","payload":{"b": [1, 2.50, "\u00e9"],"a":12.50}}"#;
+        let Request::Relay { payload, to } = decode_request(body).unwrap() else {
+            panic!("not a relay request");
+        };
+        assert_eq!(payload.get(), r#"{"b": [1, 2.50, "\u00e9"],"a":12.50}"#);
+        assert_eq!(to, Some(vec!["p0-1".to_owned()]));
+        let pid = ParticipantId::from_wire("p0-2").unwrap();
+        let frame = encode_relayed(&pid, &payload);
+        assert_eq!(
+            &frame[HEADER_LEN..],
+            br#"{"type":"message","from":"p0-2","payload":{"b": [1, 2.50, "\u00e9"],"a":12.50}}"#
+        );
+        // What a client decodes is the message it would have got from a re-serialized tree.
+        let tree: ServerMessage = serde_json::from_slice(&frame[HEADER_LEN..]).unwrap();
+        assert_eq!(
+            tree,
+            ServerMessage::Message {
+                from: "p0-2".to_owned(),
+                payload: serde_json::json!({"b": [1, 2.5, "é"], "a": 12.5}),
+            }
+        );
+    }
+
+    #[test]
+    fn payloads_with_numbers_a_tree_refuses_are_refused() {
+        for bad in [
+            &br#"{"type":"message","payload":1e400}"#[..],
+            br#"{"type":"message","payload":{"a":[-2.5E+999]}}"#,
+        ] {
+            assert!(
+                matches!(decode_request(bad), Err(DecodeError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(r#"{{"type":"message","payload":{}}}"#, "9".repeat(400));
+        assert!(decode_request(long.as_bytes()).is_err());
+        // In range, with an exponent: decoded by the full decoder, still relayed.
+        assert!(matches!(
+            decode_request(br#"{"type":"message","payload":[1e3,"1e999",true,false]}"#).unwrap(),
+            Request::Relay { .. }
+        ));
+        assert!(!may_overflow(
+            r#"{"k":"x\"1e999","t":true,"f":false,"n":-0.5}"#
+        ));
+        assert!(may_overflow("[1.e5]"));
+    }
+
+    #[test]
+    fn compact_relays_match_the_tree_encoding() {
+        let body = br#"{"type":"message","payload":{"k":"v","n":[1,2,{"x":null}]}}"#;
+        let Request::Relay { payload, .. } = decode_request(body).unwrap() else {
+            panic!("not a relay request");
+        };
+        let pid = ParticipantId::from_wire("p1-a").unwrap();
+        let tree = ServerMessage::Message {
+            from: pid.to_string(),
+            payload: serde_json::from_str(payload.get()).unwrap(),
+        };
+        assert_eq!(encode_relayed(&pid, &payload), encode_server(&tree));
+    }
+
+    #[test]
+    fn other_types_and_bad_messages_take_the_full_decoder() {
+        assert!(matches!(
+            decode_request(br#"{"type":"ping","id":3}"#).unwrap(),
+            Request::Client(ClientMessage::Ping { id: 3 })
+        ));
+        // A payload on another type does not make it a message.
+        assert!(matches!(
+            decode_request(br#"{"type":"ping","id":3,"payload":1}"#).unwrap(),
+            Request::Client(ClientMessage::Ping { id: 3 })
+        ));
+        // An escaped type name is still `message`.
+        assert!(matches!(
+            decode_request(br#"{"type":"mess\u0061ge","payload":[]}"#).unwrap(),
+            Request::Relay { .. }
+        ));
+        for bad in [
+            &br#"{"type":"message"}"#[..],
+            br#"{"type":"message","payload":}"#,
+            br#"{"type":"message","payload":1,"to":"p0-1"}"#,
+            br#"{"type":"message","payload":[1,}"#,
+        ] {
+            assert!(
+                matches!(decode_request(bad), Err(DecodeError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(decode_request(&[0xff]), Err(DecodeError::Utf8)));
     }
 
     #[test]

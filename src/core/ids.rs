@@ -1,6 +1,7 @@
 //! Identity newtypes shared by every layer.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -8,9 +9,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_MEETING_ID_LEN: usize = 128;
 
 /// A validated meeting id: 1..=128 characters of `[A-Za-z0-9_.-]`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct MeetingId(String);
+/// Cloning is a reference-count increment: ids are copied into every message and timer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MeetingId(Arc<str>);
 
 /// Why a string is not a valid meeting id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,12 +42,18 @@ impl MeetingId {
         {
             return Err(MeetingIdError::BadChar);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for MeetingId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
@@ -64,24 +71,36 @@ impl fmt::Display for MeetingId {
 }
 
 /// A participant id, unique within its meeting. Rendered as `p<shard>-<seq>` in hex.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ParticipantId(String);
+/// Cloning is a reference-count increment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(Arc<str>);
 
 impl ParticipantId {
     /// Builds the id of the `seq`-th participant created on `shard`.
     pub fn new(shard: ShardId, seq: u64) -> Self {
-        Self(format!("p{:x}-{:x}", shard.0, seq))
+        Self(Arc::from(format!("p{:x}-{:x}", shard.0, seq)))
     }
 
     /// Wraps a participant id received from a peer (validated by length only; lookups decide).
     pub fn from_wire(s: &str) -> Option<Self> {
-        (!s.is_empty() && s.len() <= 64).then(|| Self(s.to_owned()))
+        (!s.is_empty() && s.len() <= 64).then(|| Self(Arc::from(s)))
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for ParticipantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ParticipantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(Arc::from(String::deserialize(d)?)))
     }
 }
 

@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::stats::{DropReason, JoinResult, PanicActor};
 use super::{close_code, Action, Conn, ConnState, Inbound, Now, Shard, Timer};
-use crate::core::codec::{self, Frame};
+use crate::core::codec::{self, Frame, Request};
 use crate::core::ids::{ConnId, MeetingId, ParticipantId};
 use crate::core::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
 
@@ -97,7 +97,7 @@ impl Shard {
                 Ok(None) => return,
                 Ok(Some(body)) => {
                     c.received += 1;
-                    codec::decode_client(body)
+                    codec::decode_request(body)
                 }
                 Err(e) => {
                     // A framing error ends the connection; a joined participant leaves with
@@ -119,7 +119,8 @@ impl Shard {
             };
             match decoded {
                 Ok(msg) => {
-                    if awaiting && !matches!(msg, ClientMessage::Join { .. }) {
+                    let is_join = matches!(msg, Request::Client(ClientMessage::Join { .. }));
+                    if awaiting && !is_join {
                         self.reject(
                             conn,
                             ErrorCode::InvalidRequest,
@@ -137,7 +138,7 @@ impl Shard {
                     if awaiting {
                         // Nothing may be processed for this connection before its join, and
                         // the join is verified right away so a handoff can carry what follows.
-                        if let ClientMessage::Join { .. } = msg {
+                        if is_join {
                             self.stats.messages_processed += 1;
                             self.process(conn, msg, now);
                         }
@@ -167,7 +168,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn enqueue(&mut self, conn: ConnId, msg: ClientMessage) {
+    pub(super) fn enqueue(&mut self, conn: ConnId, msg: Request) {
         if self.inbox.len() >= self.cfg.mailbox_size {
             self.count_drop(DropReason::MailboxFull);
             return;
@@ -204,7 +205,7 @@ impl Shard {
         false
     }
 
-    pub(super) fn process(&mut self, conn: ConnId, msg: ClientMessage, now: Now) {
+    pub(super) fn process(&mut self, conn: ConnId, msg: Request, now: Now) {
         let meeting = match self.conns.get(&conn).map(|c| &c.state) {
             None | Some(ConnState::Closing) => return,
             Some(ConnState::AwaitingJoin) => None,

@@ -6,12 +6,12 @@ use std::cmp::Reverse;
 
 use super::stats::{JoinResult, MigrationOutcome, TokenFailure};
 use super::{close_code, Action, Conn, ConnState, Now, Shard, Timer};
-use crate::core::codec;
+use crate::core::codec::{self, Request};
 use crate::core::ids::{ConnId, MeetingId, ParticipantId};
 use crate::core::meeting::{Meeting, Participant};
 use crate::core::protocol::{
-    ClientMessage, ErrorCode, ResumeRequest, Role, ServerMessage, MAX_DISPLAY_NAME_BYTES,
-    MAX_REQUEST_ID_LEN, MAX_TOKEN_BYTES,
+    ErrorCode, ResumeRequest, Role, ServerMessage, MAX_DISPLAY_NAME_BYTES, MAX_REQUEST_ID_LEN,
+    MAX_TOKEN_BYTES,
 };
 use crate::core::token::Claims;
 
@@ -57,7 +57,7 @@ pub struct HandoffJoin {
     /// Frames the previous shard decoded from the connection (the join included).
     pub received: u64,
     /// Messages already decoded after the join, in order.
-    pub queued: Vec<ClientMessage>,
+    pub queued: Vec<Request>,
     /// Stream bytes not yet decoded.
     pub leftover: Vec<u8>,
 }
@@ -166,14 +166,13 @@ impl Shard {
                 return;
             };
             let mut queued = Vec::new();
-            self.inbox.retain(|m| {
+            for m in std::mem::take(&mut self.inbox) {
                 if m.conn == conn {
-                    queued.push(m.msg.clone());
-                    false
+                    queued.push(m.msg);
                 } else {
-                    true
+                    self.inbox.push_back(m);
                 }
-            });
+            }
             self.count_join(JoinResult::Handoff);
             self.actions.push_back(Action::Handoff {
                 conn,

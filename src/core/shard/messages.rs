@@ -2,10 +2,12 @@
 
 use std::collections::HashSet;
 
+use serde_json::value::RawValue;
+
 use super::join::JoinAttempt;
 use super::stats::DropReason;
 use super::{close_code, Now, Shard, MIGRATING_REFUSAL, TEST_PANIC_PAYLOAD};
-use crate::core::codec;
+use crate::core::codec::{self, RawPayload, Request};
 use crate::core::ids::{ConnId, MeetingId, ParticipantId};
 use crate::core::protocol::{
     ClientMessage, EndReason, ErrorCode, LeaveReason, Role, ServerMessage, CAPABILITY_MIGRATE,
@@ -23,16 +25,16 @@ struct From<'a> {
 impl Shard {
     /// Routes one client message of `conn` (its join, or a message of a joined participant)
     /// to the function handling its type.
-    pub(super) fn dispatch(&mut self, conn: ConnId, msg: ClientMessage, now: Now) {
+    pub(super) fn dispatch(&mut self, conn: ConnId, msg: Request, now: Now) {
         let Some((mid, pid)) = self.joined(conn) else {
-            if let ClientMessage::Join {
+            if let Request::Client(ClientMessage::Join {
                 meeting_id,
                 token,
                 display_name,
                 request_id,
                 resume,
                 capabilities,
-            } = msg
+            }) = msg
             {
                 let attempt = JoinAttempt {
                     meeting_id,
@@ -48,7 +50,8 @@ impl Shard {
         };
         if let Some(m) = self.meetings.get_mut(&mid) {
             m.last_activity = now.mono;
-            if m.migrating.is_some() && !matches!(msg, ClientMessage::Ping { .. }) {
+            if m.migrating.is_some() && !matches!(msg, Request::Client(ClientMessage::Ping { .. }))
+            {
                 // Frozen for export: refuse visibly; the sender resends after the move.
                 self.count_drop(DropReason::Migrating);
                 self.send(
@@ -63,11 +66,27 @@ impl Shard {
             meeting: &mid,
             participant: &pid,
         };
+        let msg = match msg {
+            Request::Relay { payload, to } => return self.relay(from, payload, to, now),
+            Request::Client(msg) => msg,
+        };
         match msg {
             ClientMessage::Join { request_id, .. } => self.on_join_again(from, request_id),
             ClientMessage::Leave {} => self.on_leave(from, now),
             ClientMessage::Mute { audio, video } => self.on_mute(from, audio, video, now),
-            ClientMessage::Message { payload, to } => self.relay(from, payload, to, now),
+            ClientMessage::Message { payload, to } => {
+                match RawValue::from_string(payload.to_string()) {
+                    Ok(payload) => self.relay(from, payload, to, now),
+                    Err(_) => self.send(
+                        conn,
+                        &ServerMessage::error(
+                            ErrorCode::InvalidRequest,
+                            "payload is not JSON",
+                            None,
+                        ),
+                    ),
+                }
+            }
             ClientMessage::Ping { id } => self.send(conn, &ServerMessage::Pong { id }),
             ClientMessage::HostMute {
                 participant_id,
@@ -176,23 +195,19 @@ impl Shard {
     }
 
     /// `message`: relayed to everyone else, or to the listed participants.
-    fn relay(
-        &mut self,
-        from: From<'_>,
-        payload: serde_json::Value,
-        to: Option<Vec<String>>,
-        now: Now,
-    ) {
+    fn relay(&mut self, from: From<'_>, payload: RawPayload, to: Option<Vec<String>>, now: Now) {
         let From {
             conn,
             meeting: mid,
             participant: pid,
         } = from;
-        if self.cfg.test_hooks && payload.as_str() == Some(TEST_PANIC_PAYLOAD) {
+        if self.cfg.test_hooks
+            && serde_json::from_str::<&str>(payload.get()).ok() == Some(TEST_PANIC_PAYLOAD)
+        {
             panic!("test hook: deliberate panic in meeting {mid}");
         }
-        let size = serde_json::to_vec(&payload).map_or(usize::MAX, |v| v.len());
-        if size > MAX_PAYLOAD_BYTES {
+        // The payload is relayed as sent, so its size as sent is what the limit bounds.
+        if payload.get().len() > MAX_PAYLOAD_BYTES {
             self.send(
                 conn,
                 &ServerMessage::error(
@@ -203,10 +218,7 @@ impl Shard {
             );
             return;
         }
-        let frame = codec::encode_server(&ServerMessage::Message {
-            from: pid.to_string(),
-            payload,
-        });
+        let frame = codec::encode_relayed(pid, &payload);
         match to {
             None => self.broadcast_frame(mid, Some(pid), frame, now),
             Some(list) => {

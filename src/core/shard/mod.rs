@@ -31,10 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::binding::BindingKey;
-use super::codec::{Frame, FrameDecoder};
+use super::codec::{self, Frame, FrameDecoder};
 use super::ids::{ConnId, MeetingId, ParticipantId, ShardId};
 use super::meeting::Meeting;
-use super::protocol::ClientMessage;
 use super::router::Router;
 use super::token::TokenVerifier;
 
@@ -238,7 +237,7 @@ enum Timer {
 
 struct Inbound {
     conn: ConnId,
-    msg: ClientMessage,
+    msg: codec::Request,
 }
 
 /// The state machine of one shard.

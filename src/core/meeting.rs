@@ -4,6 +4,8 @@
 //! method takes the time it needs as a parameter.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -97,6 +99,15 @@ pub struct Meeting {
     pub imported_by: Option<String>,
     /// Participants with a `held` queue.
     holding: usize,
+    /// The owning shard's participant count, kept by `add`, `remove` and drop.
+    tally: Arc<AtomicUsize>,
+}
+
+impl Drop for Meeting {
+    fn drop(&mut self) {
+        self.tally
+            .fetch_sub(self.participants.len(), Ordering::Relaxed);
+    }
 }
 
 impl Meeting {
@@ -115,7 +126,17 @@ impl Meeting {
             migrating: None,
             imported_by: None,
             holding: 0,
+            tally: Arc::default(),
         }
+    }
+
+    /// Counts this meeting's participants into `tally` (the shard's total) from now on.
+    pub fn counted_in(mut self, tally: &Arc<AtomicUsize>) -> Self {
+        let n = self.participants.len();
+        self.tally.fetch_sub(n, Ordering::Relaxed);
+        tally.fetch_add(n, Ordering::Relaxed);
+        self.tally = Arc::clone(tally);
+        self
     }
 
     /// True while some imported participant has not come back (fan-outs also fill `held`).
@@ -178,7 +199,9 @@ impl Meeting {
 
     /// Adds a participant; returns its join sequence.
     pub fn add(&mut self, p: Participant, now: Instant) {
-        self.participants.insert(self.next_seq, p);
+        if self.participants.insert(self.next_seq, p).is_none() {
+            self.tally.fetch_add(1, Ordering::Relaxed);
+        }
         self.next_seq += 1;
         self.empty_since = None;
         self.last_activity = now;
@@ -191,6 +214,9 @@ impl Meeting {
             .iter()
             .find_map(|(k, p)| (p.id == *id).then_some(*k))?;
         let p = self.participants.remove(&key);
+        if p.is_some() {
+            self.tally.fetch_sub(1, Ordering::Relaxed);
+        }
         if p.as_ref().is_some_and(|p| p.held.is_some()) {
             self.holding -= 1;
         }

@@ -467,7 +467,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
         let wait = if deadline <= now {
             Some(Duration::ZERO)
         } else {
-            timer.arm(deadline, now)?;
+            timer.arm(deadline + ctx.settings.timer_slack, now)?;
             Some(Duration::from_millis(60))
         };
         match poll.poll(&mut events, wait) {

@@ -337,6 +337,7 @@ fn bad_flags_exit_with_usage_code() {
     for (args, needle) in [
         (["--ack-every", "0"], "--ack-every"),
         (["--ack-delay", "30ms"], "--ack-delay"),
+        (["--timer-slack", "2ms"], "--timer-slack"),
     ] {
         let out = Command::new(bin)
             .args(args)

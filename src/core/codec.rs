@@ -194,7 +194,7 @@ struct RelayFrame<'a> {
 pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
     let text = std::str::from_utf8(body).map_err(|_| DecodeError::Utf8)?;
     if let Ok(f) = serde_json::from_str::<RelayFrame<'_>>(text) {
-        if f.kind == "message" && !may_overflow(f.payload.get()) {
+        if f.kind == "message" && !needs_full_decode(f.payload.get()) {
             return Ok(Request::Relay {
                 payload: f.payload.to_owned(),
                 to: f.to,
@@ -206,13 +206,14 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
         .map_err(|e| DecodeError::Json(e.to_string()))
 }
 
-/// True when the JSON text `raw` has a number that a tree parser may refuse as out of range
-/// (one with an exponent, or with more than 300 digits in a row). Such a payload takes the full
-/// decoder, which refuses what does not fit an `f64`: relaying it verbatim could break the
+/// True when the JSON text `raw` may hold what a tree parser refuses: a number out of range
+/// (one with an exponent, or more than 300 digits in a row) or nesting deeper than
+/// [`FAST_MAX_DEPTH`]. Such a payload takes the full decoder, which refuses numbers that do not
+/// fit an `f64` and nesting beyond serde_json's limit: relayed verbatim, either could break the
 /// recipients' own JSON parsers.
-fn may_overflow(raw: &str) -> bool {
+fn needs_full_decode(raw: &str) -> bool {
     let b = raw.as_bytes();
-    let (mut i, mut in_string, mut run) = (0, false, 0usize);
+    let (mut i, mut in_string, mut run, mut depth) = (0, false, 0usize, 0usize);
     while i < b.len() {
         let c = b[i];
         if in_string {
@@ -233,6 +234,16 @@ fn may_overflow(raw: &str) -> bool {
             {
                 return true;
             }
+            match c {
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > FAST_MAX_DEPTH {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
             run = 0;
             in_string = c == b'"';
         }
@@ -240,6 +251,9 @@ fn may_overflow(raw: &str) -> bool {
     }
     false
 }
+
+/// Deepest payload nesting relayed without the full decoder (serde_json's own limit is 128).
+const FAST_MAX_DEPTH: usize = 64;
 
 /// The server's `message` (signaling v1 §4) around a raw payload: the same bytes
 /// [`encode_server`] writes for `ServerMessage::Message`, without building a tree.
@@ -405,10 +419,34 @@ mod tests {
             decode_request(br#"{"type":"message","payload":[1e3,"1e999",true,false]}"#).unwrap(),
             Request::Relay { .. }
         ));
-        assert!(!may_overflow(
+        assert!(!needs_full_decode(
             r#"{"k":"x\"1e999","t":true,"f":false,"n":-0.5}"#
         ));
-        assert!(may_overflow("[1.e5]"));
+        assert!(needs_full_decode("[1.e5]"));
+    }
+
+    #[test]
+    fn payloads_nested_deeper_than_a_tree_allows_are_refused() {
+        for depth in [129, 200, 10_000] {
+            let body = format!(
+                r#"{{"type":"message","payload":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            assert!(
+                matches!(decode_request(body.as_bytes()), Err(DecodeError::Json(_))),
+                "depth {depth}"
+            );
+        }
+        let body = format!(
+            r#"{{"type":"message","payload":{}{}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(matches!(
+            decode_request(body.as_bytes()),
+            Ok(Request::Relay { .. })
+        ));
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn idle_shard_cpu(tag: &str, flags: &[&str], window: Duration) -> f64 {
 
 #[test]
 fn spin_before_park_keeps_an_idle_shard_polling() {
-    // The shard's ticker wakes it at least every 5 ms; a 10 ms spin therefore never lets it
+    // The shard loop wakes at least every 5 ms (its timer pass); a 10 ms spin therefore never lets it
     // sleep, while a shard that parks at once uses a small fraction of its core when idle.
     let window = Duration::from_secs(2);
     let parked = idle_shard_cpu("park", &[], window);

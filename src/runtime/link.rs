@@ -1,8 +1,9 @@
 //! The seam between the control thread and the shards: bounded crossbeam channels carrying
 //! requests (with a reply channel) one way and events the other way.
 //!
-//! The control thread never touches shard state; it asks. A shard serves its control channel
-//! between I/O batches, so a request is answered within one batch plus one poll interval.
+//! The control thread never touches shard state; it asks. Queueing a request wakes a sleeping
+//! shard ([`ShardHandle::try_send`]), which serves it in its next turn, so a request waits at
+//! most for the turn in progress.
 
 use std::time::Duration;
 

@@ -147,7 +147,7 @@ fn encode_into<T: Serialize>(out: &mut Vec<u8>, msg: &T) -> Frame {
 pub type RawPayload = Box<RawValue>;
 
 /// A decoded client frame: `message`, the hot path, with its payload kept raw; every other
-/// type as a [`ClientMessage`].
+/// type (and the rare `message` only the full decoder takes) as a [`ClientMessage`].
 #[derive(Debug)]
 pub enum Request {
     /// `message`.
@@ -157,25 +157,8 @@ pub enum Request {
         /// Recipients; absent means every other participant.
         to: Option<Vec<String>>,
     },
-    /// Any other message.
+    /// Any other message, or a `message` decoded into a tree.
     Client(ClientMessage),
-}
-
-impl Request {
-    /// A `message` decoded into a tree (tests, or the rare frame only the full decoder takes)
-    /// as a raw relay request.
-    pub fn from_client(msg: ClientMessage) -> Request {
-        match msg {
-            ClientMessage::Message { payload, to } => {
-                match RawValue::from_string(payload.to_string()) {
-                    Ok(payload) => Request::Relay { payload, to },
-                    // A tree always serializes to valid JSON; keep the message if not.
-                    Err(_) => Request::Client(ClientMessage::Message { payload, to }),
-                }
-            }
-            other => Request::Client(other),
-        }
-    }
 }
 
 /// The fields of a `message` frame, borrowed from its body.
@@ -193,7 +176,14 @@ struct RelayFrame<'a> {
 /// validated but not parsed into a tree), anything else through [`decode_client`].
 pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
     let text = std::str::from_utf8(body).map_err(|_| DecodeError::Utf8)?;
-    if let Ok(f) = serde_json::from_str::<RelayFrame<'_>>(text) {
+    // Other types (a join, a ping) skip the first parse: only a body naming `"message"` can
+    // be one (an escaped type name takes the full decoder, which is as correct).
+    let fast = if text.contains("\"message\"") {
+        serde_json::from_str::<RelayFrame<'_>>(text).ok()
+    } else {
+        None
+    };
+    if let Some(f) = fast {
         if f.kind == "message" && !needs_full_decode(f.payload.get()) {
             return Ok(Request::Relay {
                 payload: f.payload.to_owned(),
@@ -202,7 +192,7 @@ pub fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
         }
     }
     serde_json::from_str(text)
-        .map(Request::from_client)
+        .map(Request::Client)
         .map_err(|e| DecodeError::Json(e.to_string()))
 }
 
@@ -414,10 +404,10 @@ mod tests {
         }
         let long = format!(r#"{{"type":"message","payload":{}}}"#, "9".repeat(400));
         assert!(decode_request(long.as_bytes()).is_err());
-        // In range, with an exponent: decoded by the full decoder, still relayed.
+        // In range, with an exponent: taken by the full decoder.
         assert!(matches!(
             decode_request(br#"{"type":"message","payload":[1e3,"1e999",true,false]}"#).unwrap(),
-            Request::Relay { .. }
+            Request::Client(ClientMessage::Message { .. })
         ));
         assert!(!needs_full_decode(
             r#"{"k":"x\"1e999","t":true,"f":false,"n":-0.5}"#
@@ -438,10 +428,20 @@ mod tests {
                 "depth {depth}"
             );
         }
+        // Deeper than the fast path takes, within serde_json's limit: the full decoder's.
         let body = format!(
             r#"{{"type":"message","payload":{}{}}}"#,
             "[".repeat(100),
             "]".repeat(100)
+        );
+        assert!(matches!(
+            decode_request(body.as_bytes()),
+            Ok(Request::Client(ClientMessage::Message { .. }))
+        ));
+        let body = format!(
+            r#"{{"type":"message","payload":{}{}}}"#,
+            "[".repeat(FAST_MAX_DEPTH),
+            "]".repeat(FAST_MAX_DEPTH)
         );
         assert!(matches!(
             decode_request(body.as_bytes()),
@@ -474,10 +474,10 @@ mod tests {
             decode_request(br#"{"type":"ping","id":3,"payload":1}"#).unwrap(),
             Request::Client(ClientMessage::Ping { id: 3 })
         ));
-        // An escaped type name is still `message`.
+        // An escaped type name is still `message` (through the full decoder).
         assert!(matches!(
             decode_request(br#"{"type":"mess\u0061ge","payload":[]}"#).unwrap(),
-            Request::Relay { .. }
+            Request::Client(ClientMessage::Message { .. })
         ));
         for bad in [
             &br#"{"type":"message"}"#[..],

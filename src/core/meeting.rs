@@ -111,8 +111,8 @@ impl Drop for Meeting {
 }
 
 impl Meeting {
-    /// A new, empty meeting.
-    pub fn new(id: MeetingId, now: Instant, unix_ms: u64) -> Self {
+    /// A new, empty meeting whose participants are counted into `tally` (its shard's total).
+    pub fn new(id: MeetingId, now: Instant, unix_ms: u64, tally: &Arc<AtomicUsize>) -> Self {
         Self {
             id,
             participants: BTreeMap::new(),
@@ -126,17 +126,8 @@ impl Meeting {
             migrating: None,
             imported_by: None,
             holding: 0,
-            tally: Arc::default(),
+            tally: Arc::clone(tally),
         }
-    }
-
-    /// Counts this meeting's participants into `tally` (the shard's total) from now on.
-    pub fn counted_in(mut self, tally: &Arc<AtomicUsize>) -> Self {
-        let n = self.participants.len();
-        self.tally.fetch_sub(n, Ordering::Relaxed);
-        tally.fetch_add(n, Ordering::Relaxed);
-        self.tally = Arc::clone(tally);
-        self
     }
 
     /// True while some imported participant has not come back (fan-outs also fill `held`).

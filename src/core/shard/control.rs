@@ -38,8 +38,12 @@ impl Shard {
         if self.meetings.len() >= self.cfg.max_meetings {
             return AssignOutcome::AtCapacity;
         }
-        let mut m =
-            Meeting::new(meeting_id.clone(), now.mono, now.unix_ms).counted_in(&self.participants);
+        let mut m = Meeting::new(
+            meeting_id.clone(),
+            now.mono,
+            now.unix_ms,
+            &self.participants,
+        );
         m.assigned = true;
         m.media_handlers = media_handlers;
         self.meetings.insert(meeting_id.clone(), m);

@@ -254,8 +254,12 @@ impl Shard {
             }
             self.meetings.insert(
                 meeting_id.clone(),
-                Meeting::new(meeting_id.clone(), now.mono, now.unix_ms)
-                    .counted_in(&self.participants),
+                Meeting::new(
+                    meeting_id.clone(),
+                    now.mono,
+                    now.unix_ms,
+                    &self.participants,
+                ),
             );
         }
         let Some(m) = self.meetings.get(&meeting_id) else {

@@ -2,8 +2,6 @@
 
 use std::collections::HashSet;
 
-use serde_json::value::RawValue;
-
 use super::join::JoinAttempt;
 use super::stats::DropReason;
 use super::{close_code, Now, Shard, MIGRATING_REFUSAL, TEST_PANIC_PAYLOAD};
@@ -74,8 +72,9 @@ impl Shard {
             ClientMessage::Join { request_id, .. } => self.on_join_again(from, request_id),
             ClientMessage::Leave {} => self.on_leave(from, now),
             ClientMessage::Mute { audio, video } => self.on_mute(from, audio, video, now),
+            // The rare payload only the full decoder takes (see `codec::decode_request`).
             ClientMessage::Message { payload, to } => {
-                match RawValue::from_string(payload.to_string()) {
+                match serde_json::value::to_raw_value(&payload) {
                     Ok(payload) => self.relay(from, payload, to, now),
                     Err(_) => self.send(
                         conn,

@@ -328,8 +328,12 @@ impl Shard {
         {
             return Err(ImportError::AtCapacity);
         }
-        let mut m = Meeting::new(id.clone(), now.mono, export.created_unix_ms)
-            .counted_in(&self.participants);
+        let mut m = Meeting::new(
+            id.clone(),
+            now.mono,
+            export.created_unix_ms,
+            &self.participants,
+        );
         m.assigned = export.assigned;
         m.media_handlers = export.media_handlers.clone();
         m.imported_by = Some(export.migration_id.clone());

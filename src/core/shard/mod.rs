@@ -249,7 +249,7 @@ pub struct Shard {
     binding: Arc<BindingKey>,
     conns: HashMap<ConnId, Conn>,
     meetings: HashMap<MeetingId, Meeting>,
-    /// Participants of all `meetings` (each meeting keeps it; see `Meeting::counted_in`).
+    /// Participants of all `meetings` (each meeting keeps it: `Meeting::new`, `add`, `remove`, drop).
     participants: Arc<AtomicUsize>,
     inbox: VecDeque<Inbound>,
     writable: Vec<ConnId>,

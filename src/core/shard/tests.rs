@@ -1065,3 +1065,37 @@ fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff()
 }
 
 mod migration;
+
+#[test]
+fn payloads_reach_recipients_as_sent_or_through_the_full_decoder() {
+    let mut h = Harness::single();
+    let (a, a_id) = h.joined("relay", Role::Participant);
+    let (b, _) = h.joined("relay", Role::Participant);
+    h.recv(a);
+    h.recv(b);
+    // Raw path: the payload's bytes as written (spacing, `2.50`).
+    let body = br#"{"type":"message","payload":{"x": [1, 2.50]}}"#;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    // Full-decoder path: a number with an exponent, relayed in its compact form.
+    let body = br#"{"type":"message","payload":[1e3]}"#;
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    let now = h.now();
+    h.shard.handle_stream_data(a, &frame, now);
+    h.shard.process_all(now);
+    let mut raw = Vec::new();
+    while let Some(f) = h.shard.pop_frame(b) {
+        raw.extend_from_slice(&f[4..]);
+        raw.push(b'\n');
+    }
+    let text = String::from_utf8(raw).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "{{\"type\":\"message\",\"from\":\"{a_id}\",\"payload\":{{\"x\": [1, 2.50]}}}}\n\
+             {{\"type\":\"message\",\"from\":\"{a_id}\",\"payload\":[1000.0]}}\n"
+        )
+    );
+    assert!(h.recv(a).is_empty(), "the sender gets nothing back");
+}

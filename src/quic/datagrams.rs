@@ -59,6 +59,25 @@ impl Datagrams {
         res
     }
 
+    /// Whether datagram `i + 1` starts where datagram `i` ends in the buffer.
+    pub fn contiguous(&self, i: usize) -> bool {
+        match (self.meta.get(i), self.meta.get(i + 1)) {
+            (Some((a, _)), Some((b, _))) => a.end == b.start,
+            _ => false,
+        }
+    }
+
+    /// The bytes of datagrams `first..first + count` as one slice, if they are contiguous.
+    pub fn span(&self, first: usize, count: usize) -> Option<&[u8]> {
+        let last = first.checked_add(count)?.checked_sub(1)?;
+        if (first..last).any(|i| !self.contiguous(i)) {
+            return None;
+        }
+        let start = self.meta.get(first)?.0.start;
+        let end = self.meta.get(last)?.0.end;
+        self.buf.get(start..end)
+    }
+
     /// The `i`-th datagram and its destination.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         let (range, to) = self.meta.get(i)?;

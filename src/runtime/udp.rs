@@ -1,7 +1,7 @@
-//! Batched UDP sends: one `sendmmsg(2)` per up to [`BATCH`] datagrams instead of one
-//! `sendmsg(2)` each. A fan-out of one message to a 1000-participant meeting is ~1000
-//! datagrams to 1000 destinations, so batching, not GSO (same destination only), is what
-//! saves the system calls.
+//! Batched UDP sends: one `sendmmsg(2)` per up to [`BATCH`] messages instead of one
+//! `sendmsg(2)` per datagram. A fan-out of one message to a 1000-participant meeting is ~1000
+//! datagrams to 1000 destinations, so batching is what saves the system calls; several
+//! datagrams to one destination in a row also share one message (UDP GSO).
 
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
@@ -55,68 +55,147 @@ fn sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen
     }
 }
 
+/// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO message: the payload of one IP datagram, with room for the headers.
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Ancillary bytes of one `UDP_SEGMENT` control message (`CMSG_SPACE(sizeof(u16))`), as u64s
+/// for alignment.
+const GSO_CMSG_WORDS: usize = 3;
+
 /// The `sendmmsg` argument arrays of one shard, allocated once and reused by every call, so a
 /// flush of one datagram does not zero 13 KiB of headers first.
+///
+/// Consecutive datagrams to one destination (a connection's flush that produced several
+/// packets, a handshake flight) go out as one message with UDP generic segmentation offload
+/// (`UDP_SEGMENT`): the kernel walks its send path once and cuts the datagrams at the end. A
+/// kernel or device that refuses GSO (`EIO`) turns it off for this batcher; the datagrams are
+/// then sent one per message, as before.
 pub struct Batcher {
     addrs: Box<[libc::sockaddr_storage; BATCH]>,
     iovs: Box<[libc::iovec; BATCH]>,
     hdrs: Box<[libc::mmsghdr; BATCH]>,
+    cmsgs: Box<[[u64; GSO_CMSG_WORDS]; BATCH]>,
+    /// Datagrams carried by each message of the current call.
+    segs: [usize; BATCH],
+    gso: bool,
 }
 
 impl Default for Batcher {
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Batcher {
+    /// A batcher; `gso` false sends every datagram as its own message.
+    pub fn new(gso: bool) -> Self {
         // SAFETY: all-zero is a valid value of these plain C structs.
         unsafe {
             Self {
                 addrs: Box::new(zeroed()),
                 iovs: Box::new(zeroed()),
                 hdrs: Box::new(zeroed()),
+                cmsgs: Box::new(zeroed()),
+                segs: [0; BATCH],
+                gso,
             }
         }
     }
-}
 
-impl Batcher {
+    /// Whether consecutive datagrams to one destination are still sent with GSO.
+    pub fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// How many datagrams from `i` can go out as one GSO message: consecutive, contiguous in
+    /// the buffer, to the same destination, all as long as the first except a shorter last.
+    fn run_len(&self, d: &Datagrams, i: usize, single_before: usize) -> usize {
+        let Some((first, to)) = d.get(i) else {
+            return 0;
+        };
+        if !self.gso || i < single_before {
+            return 1;
+        }
+        let seg = first.len();
+        let (mut n, mut bytes) = (1, seg);
+        while n < GSO_MAX_SEGMENTS {
+            let Some((next, next_to)) = d.get(i + n) else {
+                break;
+            };
+            if next_to != to
+                || next.is_empty()
+                || next.len() > seg
+                || bytes + next.len() > GSO_MAX_BYTES
+                || !d.contiguous(i + n - 1)
+            {
+                break;
+            }
+            bytes += next.len();
+            n += 1;
+            if next.len() < seg {
+                break;
+            }
+        }
+        n
+    }
+
     /// Sends datagrams `from..` of `d` on the non-blocking UDP socket `fd` without waiting:
-    /// as many as the socket buffer takes, [`BATCH`] per system call.
+    /// as many as the socket buffer takes, [`BATCH`] messages per system call.
     pub fn send(&mut self, fd: RawFd, d: &Datagrams, from: usize) -> Sent {
-        let Self { addrs, iovs, hdrs } = self;
         let mut r = Sent {
             next: from,
             failed: 0,
             would_block: false,
         };
+        // Datagrams before this index are sent one per message (a GSO message that failed).
+        let mut single_before = 0;
         while r.next < d.len() {
-            let n = (d.len() - r.next).min(BATCH);
-            for k in 0..n {
-                let Some((pkt, to)) = d.get(r.next + k) else {
-                    break;
+            let mut n = 0;
+            let mut i = r.next;
+            while n < BATCH && i < d.len() {
+                let Some((pkt, to)) = d.get(i) else { break };
+                let (segs, bytes) = match self.run_len(d, i, single_before) {
+                    n if n > 1 => d.span(i, n).map_or((1, pkt.len()), |b| (n, b.len())),
+                    _ => (1, pkt.len()),
                 };
-                let len = sockaddr(to, &mut addrs[k]);
-                iovs[k] = libc::iovec {
+                let len = sockaddr(to, &mut self.addrs[n]);
+                self.iovs[n] = libc::iovec {
                     iov_base: pkt.as_ptr() as *mut libc::c_void,
-                    iov_len: pkt.len(),
+                    iov_len: bytes,
                 };
                 // SAFETY: all-zero is a valid msghdr (no control data, no flags).
                 let mut h: libc::msghdr = unsafe { zeroed() };
-                h.msg_name = (&mut addrs[k] as *mut libc::sockaddr_storage).cast();
+                h.msg_name = (&mut self.addrs[n] as *mut libc::sockaddr_storage).cast();
                 h.msg_namelen = len;
-                h.msg_iov = &mut iovs[k];
+                h.msg_iov = &mut self.iovs[n];
                 h.msg_iovlen = 1;
-                hdrs[k] = libc::mmsghdr {
+                if segs > 1 {
+                    set_segment_size(&mut h, &mut self.cmsgs[n], pkt.len());
+                }
+                self.hdrs[n] = libc::mmsghdr {
                     msg_hdr: h,
                     msg_len: 0,
                 };
+                self.segs[n] = segs;
+                i += segs;
+                n += 1;
             }
-            // SAFETY: `hdrs[..n]` point into `addrs`, `iovs` and `d`'s buffer, all alive and
-            // unaliased for the duration of the call; the kernel only reads them (and writes
-            // `msg_len`).
+            // SAFETY: `hdrs[..n]` point into `addrs`, `iovs`, `cmsgs` and `d`'s buffer, all
+            // alive and unaliased for the duration of the call; the kernel only reads them (and
+            // writes `msg_len`).
             let ret = unsafe {
-                libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT)
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
             };
             if ret >= 0 {
                 let done = ret as usize;
-                r.next += done;
+                r.next += self.segs[..done.min(n)].iter().sum::<usize>();
                 if done == 0 {
                     r.would_block = true;
                     return r;
@@ -130,6 +209,15 @@ impl Batcher {
                     return r;
                 }
                 std::io::ErrorKind::Interrupted => continue,
+                _ if self.segs[0] > 1 => {
+                    // The first message was a GSO message: send its datagrams one by one (the
+                    // error may be theirs, not GSO's). EIO is the kernel refusing GSO itself.
+                    if err.raw_os_error() == Some(libc::EIO) {
+                        tracing::info!(error = %err, "UDP GSO refused: sending datagrams one by one");
+                        self.gso = false;
+                    }
+                    single_before = r.next + self.segs[0];
+                }
                 _ => {
                     // The first datagram of the call was refused (unreachable, too big…): skip it.
                     tracing::debug!(error = %err, to = ?d.get(r.next).map(|(_, to)| to), "sendmmsg refused a datagram");
@@ -139,6 +227,24 @@ impl Batcher {
             }
         }
         r
+    }
+}
+
+/// Attaches a `UDP_SEGMENT` control message (segment size `seg`) to `h`, stored in `buf`.
+fn set_segment_size(h: &mut libc::msghdr, buf: &mut [u64; GSO_CMSG_WORDS], seg: usize) {
+    // SAFETY: `buf` is 8-byte aligned and CMSG_SPACE(2) (24) bytes long, enough for one
+    // cmsghdr with a u16 payload; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        debug_assert!(space <= size_of::<[u64; GSO_CMSG_WORDS]>());
+        h.msg_control = buf.as_mut_ptr().cast();
+        h.msg_controllen = space as _;
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        let seg = u16::try_from(seg).unwrap_or(u16::MAX);
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg);
     }
 }
 
@@ -441,6 +547,89 @@ mod tests {
             let r = Batcher::default().send(tx.as_raw_fd(), &d, 0);
             assert_eq!((r.next, r.failed), (2, 1), "{r:?}");
             assert_eq!(recv_all(&a, 1), vec![b"after".to_vec()]);
+        }
+    }
+
+    /// Datagram `i` of a test batch: `len` bytes, each the low byte of `i`.
+    fn numbered(i: usize, len: usize) -> Vec<u8> {
+        vec![i as u8; len]
+    }
+
+    #[test]
+    fn runs_to_one_destination_become_one_message_each() {
+        let (a, b) = (
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            SocketAddr::from(([127, 0, 0, 1], 2)),
+        );
+        let mut d = Datagrams::default();
+        // 0-2: a run (equal sizes, shorter last); 3: longer than the run before, a new one;
+        // 4: another destination; 5-6: equal sizes.
+        for (i, (len, to)) in [
+            (1200, a),
+            (1200, a),
+            (700, a),
+            (1300, a),
+            (1200, b),
+            (40, a),
+            (40, a),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            d.push(&numbered(i, len), to);
+        }
+        let g = Batcher::new(true);
+        let runs: Vec<usize> = [0, 3, 4, 5].iter().map(|&i| g.run_len(&d, i, 0)).collect();
+        assert_eq!(runs, vec![3, 1, 1, 2]);
+        // A datagram after a shorter one ends the run.
+        assert_eq!(g.run_len(&d, 2, 0), 1);
+        // Indexes before `single_before`, and a batcher without GSO, send one per message.
+        assert_eq!(g.run_len(&d, 0, 3), 1);
+        assert_eq!(Batcher::new(false).run_len(&d, 0, 0), 1);
+        assert_eq!(d.span(0, 3).map(<[u8]>::len), Some(3100));
+        // At most GSO_MAX_SEGMENTS per message.
+        let mut many = Datagrams::default();
+        for i in 0..GSO_MAX_SEGMENTS + 3 {
+            many.push(&numbered(i, 10), a);
+        }
+        assert_eq!(g.run_len(&many, 0, 0), GSO_MAX_SEGMENTS);
+        assert_eq!(g.run_len(&many, GSO_MAX_SEGMENTS, 0), 3);
+    }
+
+    #[test]
+    fn gso_runs_arrive_as_the_datagrams_they_were() {
+        for gso in [true, false] {
+            let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.set_nonblocking(true).unwrap();
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+            let plan = [
+                (1200, to_a),
+                (1200, to_a),
+                (1200, to_a),
+                (500, to_a),
+                (1200, to_b),
+                (1200, to_b),
+                (90, to_a),
+            ];
+            let mut d = Datagrams::default();
+            for (i, (len, to)) in plan.iter().enumerate() {
+                d.push(&numbered(i, *len), *to);
+            }
+            let mut batcher = Batcher::new(gso);
+            let r = batcher.send(tx.as_raw_fd(), &d, 0);
+            assert_eq!((r.next, r.failed, r.would_block), (plan.len(), 0, false));
+            assert_eq!(batcher.gso(), gso, "loopback takes GSO");
+            let want = |to| -> Vec<Vec<u8>> {
+                plan.iter()
+                    .enumerate()
+                    .filter(|(_, (_, t))| *t == to)
+                    .map(|(i, (len, _))| numbered(i, *len))
+                    .collect()
+            };
+            assert_eq!(recv_all(&a, 5), want(to_a), "gso {gso}");
+            assert_eq!(recv_all(&b, 2), want(to_b), "gso {gso}");
         }
     }
 

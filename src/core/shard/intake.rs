@@ -290,13 +290,28 @@ impl Shard {
         self.push_frame(conn, codec::encode_server(msg));
     }
 
+    /// Closes `conn` once its queued frames are delivered.
     pub(super) fn close(&mut self, conn: ConnId, code: u64, reason: &'static str) {
+        self.close_with(conn, code, reason, true);
+    }
+
+    /// Closes `conn` at once; what is queued for it is dropped.
+    pub(super) fn close_now(&mut self, conn: ConnId, code: u64, reason: &'static str) {
+        self.close_with(conn, code, reason, false);
+    }
+
+    fn close_with(&mut self, conn: ConnId, code: u64, reason: &'static str, linger: bool) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.state = ConnState::Closing;
         self.inbox.retain(|m| m.conn != conn);
-        self.actions.push_back(Action::Close { conn, code, reason });
+        self.actions.push_back(Action::Close {
+            conn,
+            code,
+            reason,
+            linger,
+        });
     }
 
     pub(super) fn reject(

@@ -377,6 +377,7 @@ impl Shard {
                     conn: old,
                     code: close_code::NORMAL,
                     reason: "resumed elsewhere",
+                    linger: true,
                 });
             }
         }

@@ -109,10 +109,11 @@ impl Shard {
         );
     }
 
-    /// `leave`: the participant leaves and its connection closes.
+    /// `leave`: the participant leaves and its connection closes at once: nothing that is
+    /// still queued for it matters to a client that said it is done.
     fn on_leave(&mut self, from: From<'_>, now: Now) {
         self.remove_participant(from.meeting, from.participant, LeaveReason::Voluntary, now);
-        self.close(from.conn, close_code::NORMAL, "leave");
+        self.close_now(from.conn, close_code::NORMAL, "leave");
     }
 
     /// `mute`: the participant's own audio/video state, announced to everyone.

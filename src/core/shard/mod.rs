@@ -133,7 +133,7 @@ impl ShardConfig {
 /// Something the I/O layer must do.
 #[derive(Debug)]
 pub enum Action {
-    /// Send every queued frame of `conn`, then close it with `code`.
+    /// Close `conn` with `code`.
     Close {
         /// The connection.
         conn: ConnId,
@@ -141,6 +141,10 @@ pub enum Action {
         code: u64,
         /// Short reason (for the QUIC close frame and logs).
         reason: &'static str,
+        /// Deliver every queued frame (and the end of the signaling stream) first, and close
+        /// once they had time to arrive. Without it the close is immediate and what is still
+        /// queued is dropped: for a client that said it is done (`leave`).
+        linger: bool,
     },
     /// Move `conn` to shard `to` and call [`Shard::handle_adopted`] there.
     Handoff {

@@ -544,7 +544,12 @@ fn grace_window_then_timeout_and_empty_meeting_removal() {
     // a leaves: the meeting is empty and removed after the empty-meeting timeout.
     h.send(a, &ClientMessage::Leave {});
     assert_eq!(h.shard.meeting_count(), 1);
-    h.actions();
+    // A leave closes at once (nothing queued for the leaver is worth delivering); error
+    // closes, by contrast, linger so that the error message arrives first.
+    assert!(h.actions().iter().any(|x| matches!(
+        x,
+        Action::Close { conn, code: 0, reason: "leave", linger: false } if *conn == a
+    )));
     h.advance(Duration::from_secs(59));
     assert_eq!(h.shard.meeting_count(), 1);
     h.advance(Duration::from_secs(2));

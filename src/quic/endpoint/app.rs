@@ -90,6 +90,11 @@ impl App {
         }
     }
 
+    /// Whether this is a native (`mc/1`) connection.
+    pub(super) fn is_native(&self) -> bool {
+        matches!(self.0, Kind::Native(_))
+    }
+
     /// The stream signaling frames are written to, once known.
     pub(super) fn signaling_stream(&self) -> Option<u64> {
         match &self.0 {

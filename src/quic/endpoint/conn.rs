@@ -139,8 +139,23 @@ impl Endpoint {
         self.core.process_all(t);
         while let Some(a) = self.core.poll_action() {
             match a {
-                Action::Close { conn, code, reason } => {
+                Action::Close {
+                    conn,
+                    code,
+                    reason,
+                    linger,
+                } => {
                     if let Some(e) = self.conns.get_mut(&conn) {
+                        // Native connections close at once; a WebTransport session still ends
+                        // with its close capsule, which has to arrive before the connection
+                        // closes, so it takes the lingering path.
+                        if !linger && e.closing.is_none() && e.app.is_native() {
+                            let _ = e
+                                .conn
+                                .close(true, e.app.close_code(code), reason.as_bytes());
+                            self.dirty.insert(conn);
+                            continue;
+                        }
                         if e.closing.is_none() {
                             e.closing = Some(Closing {
                                 code,

@@ -8,10 +8,15 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 /// A batch of datagrams and their destinations.
+///
+/// Datagrams are pushed in *groups* (one connection's flush is one group): only datagrams of
+/// one group may be sent together as one GSO message, so packets of different connections are
+/// never merged just because they share a destination address.
 #[derive(Debug, Default)]
 pub struct Datagrams {
     buf: Vec<u8>,
-    meta: Vec<(Range<usize>, SocketAddr)>,
+    meta: Vec<(Range<usize>, SocketAddr, u32)>,
+    group: u32,
 }
 
 impl Datagrams {
@@ -31,11 +36,16 @@ impl Datagrams {
         self.meta.clear();
     }
 
-    /// Appends a copy of `data`.
+    /// Starts a new group: datagrams pushed from now on are not sent together with earlier ones.
+    pub fn new_group(&mut self) {
+        self.group = self.group.wrapping_add(1);
+    }
+
+    /// Appends a copy of `data` (to the current group).
     pub fn push(&mut self, data: &[u8], to: SocketAddr) {
         let start = self.buf.len();
         self.buf.extend_from_slice(data);
-        self.meta.push((start..self.buf.len(), to));
+        self.meta.push((start..self.buf.len(), to, self.group));
     }
 
     /// Lets `write` fill up to `max` bytes at the end of the buffer. `write` returns the length
@@ -52,7 +62,7 @@ impl Datagrams {
             Ok((len, to)) => {
                 let end = start + (*len).min(max);
                 self.buf.truncate(end);
-                self.meta.push((start..end, *to));
+                self.meta.push((start..end, *to, self.group));
             }
             Err(_) => self.buf.truncate(start),
         }
@@ -62,7 +72,15 @@ impl Datagrams {
     /// Whether datagram `i + 1` starts where datagram `i` ends in the buffer.
     pub fn contiguous(&self, i: usize) -> bool {
         match (self.meta.get(i), self.meta.get(i + 1)) {
-            (Some((a, _)), Some((b, _))) => a.end == b.start,
+            (Some((a, ..)), Some((b, ..))) => a.end == b.start,
+            _ => false,
+        }
+    }
+
+    /// Whether datagram `i + 1` continues datagram `i`: contiguous and of the same group.
+    pub fn continues(&self, i: usize) -> bool {
+        match (self.meta.get(i), self.meta.get(i + 1)) {
+            (Some((a, _, ga)), Some((b, _, gb))) => a.end == b.start && ga == gb,
             _ => false,
         }
     }
@@ -80,7 +98,7 @@ impl Datagrams {
 
     /// The `i`-th datagram and its destination.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
-        let (range, to) = self.meta.get(i)?;
+        let (range, to, _) = self.meta.get(i)?;
         Some((self.buf.get(range.clone())?, *to))
     }
 }

@@ -110,7 +110,8 @@ impl Batcher {
     }
 
     /// How many datagrams from `i` can go out as one GSO message: consecutive, contiguous in
-    /// the buffer, to the same destination, all as long as the first except a shorter last.
+    /// the buffer, of one group (one connection's flush), to the same destination, all as long
+    /// as the first except a shorter last.
     fn run_len(&self, d: &Datagrams, i: usize, single_before: usize) -> usize {
         let Some((first, to)) = d.get(i) else {
             return 0;
@@ -128,7 +129,7 @@ impl Batcher {
                 || next.is_empty()
                 || next.len() > seg
                 || bytes + next.len() > GSO_MAX_BYTES
-                || !d.contiguous(i + n - 1)
+                || !d.continues(i + n - 1)
             {
                 break;
             }
@@ -578,9 +579,14 @@ mod tests {
         {
             d.push(&numbered(i, len), to);
         }
+        // 7: same destination and size as 5-6 but another group (another connection's flush).
+        d.new_group();
+        d.push(&numbered(7, 40), a);
+        assert!(d.contiguous(6) && !d.continues(6));
         let g = Batcher::new(true);
         let runs: Vec<usize> = [0, 3, 4, 5].iter().map(|&i| g.run_len(&d, i, 0)).collect();
         assert_eq!(runs, vec![3, 1, 1, 2]);
+        assert_eq!(g.run_len(&d, 6, 0), 1);
         // A datagram after a shorter one ends the run.
         assert_eq!(g.run_len(&d, 2, 0), 1);
         // Indexes before `single_before`, and a batcher without GSO, send one per message.

@@ -58,6 +58,7 @@ impl Endpoint {
             return;
         }
         if !quiche::version_is_supported(hdr.version) {
+            self.out.packets.new_group();
             let _ = self.out.packets.push_with(MAX_DATAGRAM, |out| {
                 quiche::negotiate_version(&hdr.scid, &hdr.dcid, out).map(|len| (len, from))
             });
@@ -94,6 +95,7 @@ impl Endpoint {
         if need_retry && validated_odcid.is_none() {
             let new_scid = self.fresh_cid();
             let token = self.cfg.retry_key.mint(&from, &hdr.dcid, now_secs);
+            self.out.packets.new_group();
             let sent = self.out.packets.push_with(MAX_DATAGRAM, |out| {
                 quiche::retry(
                     &hdr.scid,

@@ -329,6 +329,8 @@ impl Endpoint {
         let Some(e) = self.conns.get_mut(&id) else {
             return;
         };
+        // This connection's packets may share GSO messages with each other, not with others'.
+        self.out.packets.new_group();
         loop {
             let conn = &mut e.conn;
             match self.out.packets.push_with(MAX_DATAGRAM, |buf| {

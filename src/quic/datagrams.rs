@@ -69,31 +69,12 @@ impl Datagrams {
         res
     }
 
-    /// Whether datagram `i + 1` starts where datagram `i` ends in the buffer.
-    pub fn contiguous(&self, i: usize) -> bool {
-        match (self.meta.get(i), self.meta.get(i + 1)) {
-            (Some((a, ..)), Some((b, ..))) => a.end == b.start,
-            _ => false,
-        }
-    }
-
     /// Whether datagram `i + 1` continues datagram `i`: contiguous and of the same group.
     pub fn continues(&self, i: usize) -> bool {
         match (self.meta.get(i), self.meta.get(i + 1)) {
             (Some((a, _, ga)), Some((b, _, gb))) => a.end == b.start && ga == gb,
             _ => false,
         }
-    }
-
-    /// The bytes of datagrams `first..first + count` as one slice, if they are contiguous.
-    pub fn span(&self, first: usize, count: usize) -> Option<&[u8]> {
-        let last = first.checked_add(count)?.checked_sub(1)?;
-        if (first..last).any(|i| !self.contiguous(i)) {
-            return None;
-        }
-        let start = self.meta.get(first)?.0.start;
-        let end = self.meta.get(last)?.0.end;
-        self.buf.get(start..end)
     }
 
     /// The `i`-th datagram and its destination.

@@ -56,7 +56,7 @@ fn sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen
 }
 
 /// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
-pub const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_SEGMENTS: usize = 64;
 /// Most bytes in one GSO message: the payload of one IP datagram, with room for the headers.
 const GSO_MAX_BYTES: usize = 65_000;
 
@@ -109,15 +109,15 @@ impl Batcher {
         self.gso
     }
 
-    /// How many datagrams from `i` can go out as one GSO message: consecutive, contiguous in
-    /// the buffer, of one group (one connection's flush), to the same destination, all as long
-    /// as the first except a shorter last.
-    fn run_len(&self, d: &Datagrams, i: usize, single_before: usize) -> usize {
+    /// How many datagrams from `i` can go out as one GSO message, and their bytes: consecutive,
+    /// contiguous in the buffer, of one group (one connection's flush), to the same
+    /// destination, all as long as the first except a shorter last.
+    fn run_len(&self, d: &Datagrams, i: usize, single_before: usize) -> (usize, usize) {
         let Some((first, to)) = d.get(i) else {
-            return 0;
+            return (0, 0);
         };
         if !self.gso || i < single_before {
-            return 1;
+            return (1, first.len());
         }
         let seg = first.len();
         let (mut n, mut bytes) = (1, seg);
@@ -139,7 +139,7 @@ impl Batcher {
                 break;
             }
         }
-        n
+        (n, bytes)
     }
 
     /// Sends datagrams `from..` of `d` on the non-blocking UDP socket `fd` without waiting:
@@ -157,10 +157,8 @@ impl Batcher {
             let mut i = r.next;
             while n < BATCH && i < d.len() {
                 let Some((pkt, to)) = d.get(i) else { break };
-                let (segs, bytes) = match self.run_len(d, i, single_before) {
-                    n if n > 1 => d.span(i, n).map_or((1, pkt.len()), |b| (n, b.len())),
-                    _ => (1, pkt.len()),
-                };
+                // `pkt` starts `segs` datagrams that lie back to back: one iovec covers them.
+                let (segs, bytes) = self.run_len(d, i, single_before);
                 let len = sockaddr(to, &mut self.addrs[n]);
                 self.iovs[n] = libc::iovec {
                     iov_base: pkt.as_ptr() as *mut libc::c_void,
@@ -582,24 +580,33 @@ mod tests {
         // 7: same destination and size as 5-6 but another group (another connection's flush).
         d.new_group();
         d.push(&numbered(7, 40), a);
-        assert!(d.contiguous(6) && !d.continues(6));
+        let (six, seven) = (d.get(6).unwrap().0, d.get(7).unwrap().0);
+        assert_eq!(
+            six.as_ptr_range().end,
+            seven.as_ptr(),
+            "back to back in the buffer"
+        );
+        assert!(!d.continues(6));
         let g = Batcher::new(true);
-        let runs: Vec<usize> = [0, 3, 4, 5].iter().map(|&i| g.run_len(&d, i, 0)).collect();
+        let runs: Vec<usize> = [0, 3, 4, 5]
+            .iter()
+            .map(|&i| g.run_len(&d, i, 0).0)
+            .collect();
         assert_eq!(runs, vec![3, 1, 1, 2]);
-        assert_eq!(g.run_len(&d, 6, 0), 1);
+        assert_eq!(g.run_len(&d, 6, 0).0, 1);
         // A datagram after a shorter one ends the run.
-        assert_eq!(g.run_len(&d, 2, 0), 1);
+        assert_eq!(g.run_len(&d, 2, 0).0, 1);
         // Indexes before `single_before`, and a batcher without GSO, send one per message.
-        assert_eq!(g.run_len(&d, 0, 3), 1);
-        assert_eq!(Batcher::new(false).run_len(&d, 0, 0), 1);
-        assert_eq!(d.span(0, 3).map(<[u8]>::len), Some(3100));
+        assert_eq!(g.run_len(&d, 0, 3), (1, 1200));
+        assert_eq!(Batcher::new(false).run_len(&d, 0, 0), (1, 1200));
+        assert_eq!(g.run_len(&d, 0, 0), (3, 3100));
         // At most GSO_MAX_SEGMENTS per message.
         let mut many = Datagrams::default();
         for i in 0..GSO_MAX_SEGMENTS + 3 {
             many.push(&numbered(i, 10), a);
         }
-        assert_eq!(g.run_len(&many, 0, 0), GSO_MAX_SEGMENTS);
-        assert_eq!(g.run_len(&many, GSO_MAX_SEGMENTS, 0), 3);
+        assert_eq!(g.run_len(&many, 0, 0).0, GSO_MAX_SEGMENTS);
+        assert_eq!(g.run_len(&many, GSO_MAX_SEGMENTS, 0).0, 3);
     }
 
     #[test]

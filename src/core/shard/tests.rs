@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
+
 use super::*;
 use crate::core::binding::BindingKey;
 use crate::core::codec::{decode, encode, FrameDecoder};
@@ -1069,8 +1071,6 @@ fn a_join_for_another_meeting_than_the_session_path_is_refused_without_handoff()
     );
 }
 
-mod migration;
-
 #[test]
 fn payloads_reach_recipients_as_sent_or_through_the_full_decoder() {
     let mut h = Harness::single();
@@ -1078,14 +1078,12 @@ fn payloads_reach_recipients_as_sent_or_through_the_full_decoder() {
     let (b, _) = h.joined("relay", Role::Participant);
     h.recv(a);
     h.recv(b);
+    // Frames of exactly these bytes: `encode` writes a `RawValue` verbatim.
+    let framed = |body: &str| encode(&RawValue::from_string(body.to_owned()).unwrap()).to_vec();
     // Raw path: the payload's bytes as written (spacing, `2.50`).
-    let body = br#"{"type":"message","payload":{"x": [1, 2.50]}}"#;
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(body);
+    let mut frame = framed(r#"{"type":"message","payload":{"x": [1, 2.50]}}"#);
     // Full-decoder path: a number with an exponent, relayed in its compact form.
-    let body = br#"{"type":"message","payload":[1e3]}"#;
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(body);
+    frame.extend_from_slice(&framed(r#"{"type":"message","payload":[1e3]}"#));
     let now = h.now();
     h.shard.handle_stream_data(a, &frame, now);
     h.shard.process_all(now);
@@ -1104,3 +1102,5 @@ fn payloads_reach_recipients_as_sent_or_through_the_full_decoder() {
     );
     assert!(h.recv(a).is_empty(), "the sender gets nothing back");
 }
+
+mod migration;

@@ -3,6 +3,7 @@
 //! See `docs/performance.md` for how to run it and what it reports.
 
 mod accounting;
+mod ack;
 mod cli;
 mod clock;
 mod cpu;

@@ -32,6 +32,7 @@ use rand::Rng as _;
 use serde_json::Value;
 
 use crate::accounting::{MemberKey, ReceiverLog, Recorded, SenderLedger};
+use crate::ack::{AckPolicy, AckStep};
 use crate::cli::{Scenario, Settings};
 use crate::clock::Clock;
 use crate::cpu::{self, ThreadUse, WindowMeter};
@@ -133,8 +134,8 @@ enum Ev {
     LeaveDeadline(usize, u32),
     /// One churn event.
     Churn,
-    /// A delayed acknowledgement of this epoch is due.
-    Ack(usize, u32),
+    /// The delayed acknowledgement of this generation is due.
+    Ack(usize, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,10 +176,8 @@ struct Participant {
     /// Something other than a received datagram needs packets out (data, a timer, a phase
     /// change): the next service sends whatever quiche has.
     must_send: bool,
-    /// Datagrams received since packets last went out.
-    unacked: u32,
-    /// An [`Ev::Ack`] is scheduled.
-    ack_armed: bool,
+    /// When to acknowledge received datagrams.
+    ack: AckPolicy,
     next_send: Instant,
     seq: u64,
     ledger: SenderLedger,
@@ -377,8 +376,7 @@ pub fn run(input: WorkerInput) -> anyhow::Result<WorkerOutput> {
             timer_gen: 0,
             dirty: false,
             must_send: false,
-            unacked: 0,
-            ack_armed: false,
+            ack: AckPolicy::default(),
             next_send: t0,
             seq: 0,
             roster: HashMap::new(),
@@ -606,10 +604,9 @@ fn fire(
                 close_locally(ctx, part, p, b"leave timeout");
             }
         }
-        Ev::Ack(p, epoch) => {
+        Ev::Ack(p, generation) => {
             let part = &mut parts[p];
-            if part.epoch == epoch && part.ack_armed {
-                part.ack_armed = false;
+            if part.ack.fire(generation) {
                 mark(ctx, part, p);
             }
         }
@@ -661,6 +658,7 @@ fn connect(
         part.epoch += 1;
     }
     part.started = true;
+    part.ack.reset();
     let server = ctx.settings.server;
     let s = part.sock;
     if socks[s].is_none() {
@@ -858,7 +856,7 @@ fn read_socket(
             Ok(_) | Err(quiche::Error::Done) => {}
             Err(e) => ctx.error(format!("quic_recv:{e}")),
         }
-        part.unacked += 1;
+        part.ack.received();
         mark_read(ctx, part, p);
     }
     got.read
@@ -1040,20 +1038,18 @@ fn service(
     let Some(conn) = part.conn.as_mut() else {
         return;
     };
-    let defer = !part.must_send
-        && part.phase == Phase::Joined
-        && part.unacked < ctx.settings.ack_every
-        && !conn.is_closed();
-    if defer {
-        if part.unacked > 0 && !part.ack_armed {
-            part.ack_armed = true;
-            let epoch = part.epoch;
-            ctx.schedule(now + ctx.settings.ack_delay, Ev::Ack(p, epoch));
-        }
-    } else {
+    let may_defer = !part.must_send && part.phase == Phase::Joined && !conn.is_closed();
+    let step = part.ack.step(
+        may_defer,
+        ctx.settings.ack_every,
+        ctx.settings.ack_delay,
+        now,
+    );
+    if let AckStep::Arm(at, generation) = step {
+        ctx.schedule(at, Ev::Ack(p, generation));
+    }
+    if step == AckStep::Send {
         part.must_send = false;
-        part.unacked = 0;
-        part.ack_armed = false;
         loop {
             let slot = bufs.send.slot(sock.fd, &mut bufs.flushed);
             match conn.send(slot) {

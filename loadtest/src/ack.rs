@@ -42,7 +42,7 @@ impl AckPolicy {
     /// datagrams needs packets out (data, a timer, a phase change).
     pub fn step(&mut self, may_defer: bool, every: u32, delay: Duration, now: Instant) -> AckStep {
         if !may_defer || self.unacked >= every {
-            self.sent();
+            self.reset();
             return AckStep::Send;
         }
         if self.unacked == 0 || self.armed.is_some() {
@@ -51,12 +51,6 @@ impl AckPolicy {
         self.generation += 1;
         self.armed = Some(self.generation);
         AckStep::Arm(now + delay, self.generation)
-    }
-
-    /// Packets went out: they carry the acknowledgement, so nothing is owed.
-    pub fn sent(&mut self) {
-        self.unacked = 0;
-        self.armed = None;
     }
 
     /// The delayed acknowledgement of generation `generation` is due: whether it still
@@ -70,10 +64,11 @@ impl AckPolicy {
         }
     }
 
-    /// A new connection starts from nothing owed (generations keep counting, so an event of
-    /// the old connection can never fire for the new one).
+    /// Nothing is owed: packets went out (they carry the acknowledgement), or a new
+    /// connection starts. Generations keep counting, so no earlier event can fire again.
     pub fn reset(&mut self) {
-        self.sent();
+        self.unacked = 0;
+        self.armed = None;
     }
 }
 
@@ -83,16 +78,29 @@ mod tests {
 
     const DELAY: Duration = Duration::from_millis(5);
 
+    /// A policy with one datagram received and its delayed acknowledgement armed at `now`.
+    fn armed(now: Instant) -> (AckPolicy, u64) {
+        let mut a = AckPolicy::default();
+        a.received();
+        match a.step(true, 2, DELAY, now) {
+            AckStep::Arm(at, generation) => {
+                assert_eq!(at, now + DELAY);
+                (a, generation)
+            }
+            other => panic!("one datagram arms the delayed acknowledgement, got {other:?}"),
+        }
+    }
+
     #[test]
     fn acknowledges_every_second_datagram_or_after_the_delay() {
         let now = Instant::now();
-        let mut a = AckPolicy::default();
-        assert_eq!(a.step(true, 2, DELAY, now), AckStep::Hold, "nothing owed");
-        a.received();
-        let AckStep::Arm(at, generation) = a.step(true, 2, DELAY, now) else {
-            panic!("one datagram arms the delayed acknowledgement");
-        };
-        assert_eq!(at, now + DELAY);
+        let mut fresh = AckPolicy::default();
+        assert_eq!(
+            fresh.step(true, 2, DELAY, now),
+            AckStep::Hold,
+            "nothing owed"
+        );
+        let (mut a, generation) = armed(now);
         assert_eq!(a.step(true, 2, DELAY, now), AckStep::Hold, "armed once");
         a.received();
         assert_eq!(
@@ -115,11 +123,7 @@ mod tests {
     #[test]
     fn a_cancelled_delay_never_fires_for_the_next_arming() {
         let now = Instant::now();
-        let mut a = AckPolicy::default();
-        a.received();
-        let AckStep::Arm(_, old) = a.step(true, 2, DELAY, now) else {
-            panic!("armed");
-        };
+        let (mut a, old) = armed(now);
         // The participant sends a message: its packet carries the acknowledgement.
         assert_eq!(a.step(false, 2, DELAY, now), AckStep::Send);
         // One more datagram arms a new delay, due later than the old event.
@@ -136,11 +140,7 @@ mod tests {
     #[test]
     fn a_new_connection_owes_nothing_and_ignores_old_events() {
         let now = Instant::now();
-        let mut a = AckPolicy::default();
-        a.received();
-        let AckStep::Arm(_, old) = a.step(true, 2, DELAY, now) else {
-            panic!("armed");
-        };
+        let (mut a, old) = armed(now);
         a.reset();
         assert_eq!(a.step(true, 2, DELAY, now), AckStep::Hold);
         assert!(!a.fire(old));

@@ -150,7 +150,7 @@ impl WtApp {
                     // session closed: leave it alone. A reset would discard what is not yet
                     // acknowledged, and a STOP_SENDING on it, racing the close capsule, made
                     // Chromium report "Connection lost" instead of the session's close code
-                    // (the browser close-code test failed 5 of 10 runs with it, 0 of 16
+                    // (the browser close-code test failed 5 of 10 runs with it, 0 of 20
                     // without); the connection closes a grace later anyway.
                     if self.stream == Some(stream_id) && ctx.signaling_finished {
                         continue;

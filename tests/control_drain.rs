@@ -103,6 +103,42 @@ fn drain_timeout_ends_remaining_meetings_and_tells_the_gc() {
 }
 
 #[test]
+fn drain_ends_meetings_without_participants_at_once() {
+    let mut rig = rig(RigOpts {
+        gc: Some((60_000, 60_000)),
+        drain_timeout: Duration::from_secs(3600),
+        ..RigOpts::default()
+    });
+    assert!(wait_for(|| rig.metric("mc_gc_registered", &[]) == Some(1.0)));
+    // Assigned, nobody joined yet: a draining controller takes no joins, so it never will.
+    rig.shards.add_meeting("nobody-came", 0, 0);
+    // Its only participant is disconnected but may still resume: the drain waits for it.
+    rig.shards.add_meeting("resuming", 1, 0);
+    rig.ctl.terminate();
+    assert!(wait_for(|| (0..2).all(|i| rig.shards.is_draining(i))));
+    assert_eq!(rig.ctl.wait_timeout(Duration::from_millis(300)), None);
+    assert!(!rig
+        .shards
+        .meetings(rig.shards.shard_of("nobody-came"))
+        .is_empty());
+
+    // The last participant goes: the empty meeting does not hold the exit for its
+    // empty-meeting timeout (or the hour of drain timeout).
+    assert!(rig.shards.end_meeting("resuming", EndReason::EndedByHost));
+    assert_eq!(rig.ctl.wait_timeout(PATIENCE), Some(EXIT_DRAINED));
+    for i in 0..2 {
+        assert!(rig.shards.meetings(i).is_empty());
+        assert!(rig.shards.is_shut_down(i));
+    }
+    let ended = rig.gc().meetings_ended();
+    let r = ended
+        .iter()
+        .find(|r| r.ended_meeting_id() == Some("nobody-came"))
+        .expect("GC told about the empty meeting");
+    assert_eq!(r.body["reason"], "controller_draining");
+}
+
+#[test]
 fn drain_waits_for_connections_to_close() {
     let mut rig = rig(RigOpts {
         drain_timeout: Duration::from_millis(50),

@@ -762,9 +762,20 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
             .await
             .unwrap_or_default();
         let meetings: usize = views.iter().map(|v| v.snapshot.meetings).sum();
+        let participants: usize = views.iter().map(|v| v.snapshot.participants).sum();
         let now = Instant::now();
         if meetings == 0 {
             tracing::info!("drain: every meeting has ended");
+            break;
+        }
+        // A draining controller takes no joins (resumes of participants it still holds
+        // excepted, and those count here), so a meeting without participants can never
+        // have one again: waiting out its empty-meeting timeout only delays the exit.
+        if participants == 0 {
+            tracing::info!(
+                meetings,
+                "drain: no participant left; ending the empty meetings"
+            );
             break;
         }
         if now >= deadline {

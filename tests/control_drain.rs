@@ -122,8 +122,8 @@ fn drain_ends_meetings_without_participants_at_once() {
         .meetings(rig.shards.shard_of("nobody-came"))
         .is_empty());
 
-    // The last participant goes: the empty meeting does not hold the exit for its
-    // empty-meeting timeout (or the hour of drain timeout).
+    // The meeting with the participant ends: only the empty one is left, and it does not
+    // hold the exit for its empty-meeting timeout (or the hour of drain timeout).
     assert!(rig.shards.end_meeting("resuming", EndReason::EndedByHost));
     assert_eq!(rig.ctl.wait_timeout(PATIENCE), Some(EXIT_DRAINED));
     for i in 0..2 {

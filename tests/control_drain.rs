@@ -67,14 +67,21 @@ fn drain_waits_for_meetings_to_end_then_exits_zero() {
     }
 }
 
-#[test]
-fn drain_timeout_ends_remaining_meetings_and_tells_the_gc() {
-    let mut rig = rig(RigOpts {
+/// A controller registered with the fake GC (heartbeats too rare to matter), with this drain
+/// timeout.
+fn registered_rig(drain_timeout: Duration) -> Rig {
+    let rig = rig(RigOpts {
         gc: Some((60_000, 60_000)),
-        drain_timeout: Duration::from_millis(300),
+        drain_timeout,
         ..RigOpts::default()
     });
-    assert!(wait_for(|| rig.metric("mc_gc_registered", &[]) == Some(1.0)));
+    assert!(wait_for(|| registered(&rig)));
+    rig
+}
+
+#[test]
+fn drain_timeout_ends_remaining_meetings_and_tells_the_gc() {
+    let mut rig = registered_rig(Duration::from_millis(300));
     let ids = ["stay-1", "stay-2", "stay-3"];
     for id in ids {
         rig.shards.add_meeting(id, 2, 2);
@@ -104,12 +111,7 @@ fn drain_timeout_ends_remaining_meetings_and_tells_the_gc() {
 
 #[test]
 fn drain_ends_meetings_without_participants_at_once() {
-    let mut rig = rig(RigOpts {
-        gc: Some((60_000, 60_000)),
-        drain_timeout: Duration::from_secs(3600),
-        ..RigOpts::default()
-    });
-    assert!(wait_for(|| rig.metric("mc_gc_registered", &[]) == Some(1.0)));
+    let mut rig = registered_rig(Duration::from_secs(3600));
     // Assigned, nobody joined yet: a draining controller takes no joins, so it never will.
     rig.shards.add_meeting("nobody-came", 0, 0);
     // Its only participant is disconnected but may still resume: the drain waits for it.

@@ -19,10 +19,6 @@ fn gc_rig(fast: u64, comp: u64) -> Rig {
     })
 }
 
-fn registered(rig: &Rig) -> bool {
-    rig.metric("mc_gc_registered", &[]) == Some(1.0)
-}
-
 fn heartbeat(r: &Received) -> Heartbeat {
     r.json()
         .unwrap_or_else(|| panic!("not a heartbeat: {}", r.body))

@@ -154,7 +154,7 @@ fn https_gc_with_a_private_ca_needs_the_ca_file() {
     assert_eq!(ca.len(), 1);
     let trusting = controller(url, ca);
     assert!(
-        wait_for(|| trusting.metric("mc_gc_registered", &[]) == Some(1.0)),
+        wait_for(|| registered(&trusting)),
         "registered through the TLS terminator"
     );
     assert!(gc.registrations().iter().any(|r| r

@@ -424,7 +424,7 @@ fn exposition_passes_promtool() {
         s.joins = vec![("ok", 1)];
         s.token_failures = vec![("bad_signature", 1)];
     });
-    assert!(wait_for(|| rig.metric("mc_gc_registered", &[]) == Some(1.0)));
+    assert!(wait_for(|| registered(&rig)));
     let text = rig.metrics();
     let promtool = ["/usr/bin/promtool", "promtool"].into_iter().find(|p| {
         Command::new(p)

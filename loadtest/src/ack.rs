@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 pub struct AckPolicy {
     /// Datagrams received since packets last went out.
     unacked: u32,
-    /// Generation of the armed delayed acknowledgement, if one is armed.
-    armed: Option<u64>,
-    /// Last generation handed out.
+    /// A delayed acknowledgement is armed; its generation is `generation`.
+    armed: bool,
+    /// Generation of the latest arming.
     generation: u64,
 }
 
@@ -45,30 +45,29 @@ impl AckPolicy {
             self.reset();
             return AckStep::Send;
         }
-        if self.unacked == 0 || self.armed.is_some() {
+        if self.unacked == 0 || self.armed {
             return AckStep::Hold;
         }
         self.generation += 1;
-        self.armed = Some(self.generation);
+        self.armed = true;
         AckStep::Arm(now + delay, self.generation)
     }
 
     /// The delayed acknowledgement of generation `generation` is due: whether it still
     /// stands (then packets must go out).
     pub fn fire(&mut self, generation: u64) -> bool {
-        if self.armed == Some(generation) {
-            self.armed = None;
-            true
-        } else {
-            false
+        let stands = self.armed && generation == self.generation;
+        if stands {
+            self.armed = false;
         }
+        stands
     }
 
     /// Nothing is owed: packets went out (they carry the acknowledgement), or a new
     /// connection starts. Generations keep counting, so no earlier event can fire again.
     pub fn reset(&mut self) {
         self.unacked = 0;
-        self.armed = None;
+        self.armed = false;
     }
 }
 

@@ -28,7 +28,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::procstat::{self, CpuMeter};
-use super::shards::ShardView;
+use super::shards::{self, ShardView};
 use super::Shared;
 use crate::core::ids::ShardId;
 use crate::core::shard::ShardEvent;
@@ -321,14 +321,15 @@ pub(crate) fn heartbeat_body(
     max_participants: usize,
     process: Option<ProcessLoad>,
 ) -> Heartbeat {
+    let totals = shards::totals(views);
     Heartbeat {
         kind,
         health,
         capacity: Capacity {
             max_meetings,
-            current_meetings: views.iter().map(|v| v.snapshot.meetings).sum(),
+            current_meetings: totals.meetings,
             max_participants,
-            current_participants: views.iter().map(|v| v.snapshot.participants).sum(),
+            current_participants: totals.participants,
         },
         shards: views
             .iter()

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::admission::{ConnKey, Refusal};
-use super::shards::ShardView;
+use super::shards::{self, ShardView};
 use super::{auth, blocking, metrics, DrainSource, Shared};
 use crate::core::ids::MeetingId;
 use crate::core::protocol::{EndReason, MediaHandler};
@@ -535,8 +535,7 @@ fn decide_assignment(shared: &Shared, id: MeetingId, handlers: Vec<MediaHandler>
         return Decision::Unhealthy;
     }
     let draining = shared.draining.load(Ordering::SeqCst);
-    let meetings: usize = views.iter().map(|v| v.snapshot.meetings).sum();
-    if draining || meetings >= shared.cfg.max_meetings {
+    if draining || shards::totals(&views).meetings >= shared.cfg.max_meetings {
         match shared.pool.request(
             idx,
             ShardRequest::ShowMeeting(id.clone()),

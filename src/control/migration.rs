@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::http::{error as err, json_resp};
 use super::migrate_wire::{self, CallError, MigrateRequest, MigrateTarget};
-use super::{auth, blocking, Shared};
+use super::{auth, blocking, shards, Shared};
 use crate::core::ids::MeetingId;
 use crate::core::migration::{
     ExportError, ImportError, ImportOutcome, MeetingExport, MigrationTarget,
@@ -440,8 +440,10 @@ fn import_blocking(shared: &Shared, id: MeetingId, export: MeetingExport) -> Res
             format!("shard {idx} is not answering"),
         );
     }
-    let meetings: usize = views.iter().map(|v| v.snapshot.meetings).sum();
-    let participants: usize = views.iter().map(|v| v.snapshot.participants).sum();
+    let shards::Totals {
+        meetings,
+        participants,
+    } = shards::totals(&views);
     let source = export.source_controller_id.clone();
     let n = export.participants.len();
     let full =

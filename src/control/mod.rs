@@ -761,8 +761,10 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
         let views = blocking(move || s.pool.refresh(s.timing.snapshot_timeout))
             .await
             .unwrap_or_default();
-        let meetings: usize = views.iter().map(|v| v.snapshot.meetings).sum();
-        let participants: usize = views.iter().map(|v| v.snapshot.participants).sum();
+        let shards::Totals {
+            meetings,
+            participants,
+        } = shards::totals(&views);
         let now = Instant::now();
         if meetings == 0 {
             tracing::info!("drain: every meeting has ended");

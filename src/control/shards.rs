@@ -75,6 +75,22 @@ impl ShardView {
     }
 }
 
+/// Meetings and participants (those within the resume window included) over every shard's
+/// last good snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub meetings: usize,
+    pub participants: usize,
+}
+
+/// Sums the views' meetings and participants.
+pub(crate) fn totals(views: &[ShardView]) -> Totals {
+    views.iter().fold(Totals::default(), |t, v| Totals {
+        meetings: t.meetings + v.snapshot.meetings,
+        participants: t.participants + v.snapshot.participants,
+    })
+}
+
 /// A request on its way: where the answer will arrive, and the request's sequence number.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -287,6 +303,31 @@ mod tests {
             wake: crate::runtime::wake::Wake::none(),
         };
         (ShardPool::new(vec![handle]), rx)
+    }
+
+    #[test]
+    fn totals_sum_meetings_and_participants_over_shards() {
+        let view = |meetings, participants| ShardView {
+            shard: 0,
+            cpu: None,
+            snapshot: ShardSnapshot {
+                meetings,
+                participants,
+                ..ShardSnapshot::default()
+            },
+            seen: true,
+            silent_for: None,
+            pending: 0,
+            control_drops: 0,
+        };
+        assert_eq!(totals(&[]), Totals::default());
+        assert_eq!(
+            totals(&[view(2, 5), view(0, 0), view(3, 1)]),
+            Totals {
+                meetings: 5,
+                participants: 6
+            }
+        );
     }
 
     /// Plays the shard: answers the oldest queued request with a snapshot of `meetings`.

@@ -29,9 +29,12 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(level)
         .map_err(|e| format!("--log-level: `{level}` is not a log filter: {e}"))?;
+    // Through a queue: a thread that logs never waits for stderr (crate::logging).
+    let queue = crate::logging::install_stderr()
+        .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(queue);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),

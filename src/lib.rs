@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod dev;
+pub mod logging;
 pub mod quic;
 pub mod runtime;
 pub mod webtransport;

@@ -16,5 +16,7 @@ fn main() -> ExitCode {
         Command::Token(args) => mc::app::token(args),
         Command::Admin(args) => mc::app::admin(args),
     };
+    // Log lines still queued go out, unless stderr stays blocked.
+    mc::logging::flush(std::time::Duration::from_secs(2));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -208,6 +208,41 @@ fn ordered_stream(flags: &[&str]) -> (f64, f64) {
     )
 }
 
+/// A log output that has stopped taking lines (a stuck log collector) stops no shard: with a
+/// one-page stderr pipe that nobody reads and a line logged for every join and every leave,
+/// forty participants still join, exchange a message and leave, and `/metrics` answers. A
+/// shard that wrote its log itself would block in `write` after a few dozen lines.
+#[test]
+fn a_stuck_log_output_stops_no_shard() {
+    let server = Server::start_with_unread_log("stuck-log", "debug", &["--shards", "1"]);
+    let mut host = Client::connect(server.quic);
+    host.join_ok("logs", &server.token("logs", Role::Host, "host"), "host");
+    for i in 0..40 {
+        let name = format!("p{i}");
+        let mut c = Client::connect(server.quic);
+        c.join_ok(
+            "logs",
+            &server.token("logs", Role::Participant, &name),
+            &name,
+        );
+        c.send(&ClientMessage::Message {
+            payload: serde_json::json!({ "i": i }),
+            to: None,
+        });
+        host.expect(
+            "the message",
+            |m| matches!(m, ServerMessage::Message { payload, .. } if payload["i"] == i),
+        );
+        c.send(&ClientMessage::Leave {});
+        assert!(c.wait_closed(T).is_some(), "participant {i} was not let go");
+    }
+    let metrics = server.metrics();
+    assert!(
+        support::metric_values(&metrics, "mc_log_lines_dropped_total").len() == 1,
+        "mc_log_lines_dropped_total is not exported"
+    );
+}
+
 #[test]
 fn vanished_client_times_out_after_resume_window() {
     let server = Server::start(

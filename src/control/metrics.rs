@@ -628,6 +628,12 @@ impl Collector for ShardCollector {
             "Configured participant capacity",
             &scalar(self.facts.max_participants as f64),
         )?;
+        counter(
+            e,
+            "mc_log_lines_dropped",
+            "Log lines dropped because the log output could not keep up (shards never wait for it)",
+            &scalar(crate::logging::dropped_lines() as f64),
+        )?;
         gauge(
             e,
             "mc_build_info",

@@ -31,6 +31,8 @@ pub struct Server {
     pub stdout_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// The server's log (stderr), also passed through to the test's stderr.
     pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The read end of a stderr pipe that nobody reads ([`Server::start_with_unread_log`]).
+    pub unread_stderr: Option<std::process::ChildStderr>,
 }
 
 pub fn unique_dir(tag: &str) -> PathBuf {
@@ -51,6 +53,18 @@ impl Server {
     }
 
     pub fn start_in(dev_dir: PathBuf, extra: &[&str]) -> Server {
+        let level = std::env::var("MC_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        Self::launch(dev_dir, &level, extra, true)
+    }
+
+    /// Starts a server whose stderr is a one-page pipe that nobody reads, as behind a log
+    /// collector that has stopped: once a few lines have filled it, every `write` to it would
+    /// block.
+    pub fn start_with_unread_log(tag: &str, level: &str, extra: &[&str]) -> Server {
+        Self::launch(unique_dir(tag), level, extra, false)
+    }
+
+    fn launch(dev_dir: PathBuf, level: &str, extra: &[&str], read_stderr: bool) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mc"));
         cmd.args([
             "serve",
@@ -62,21 +76,29 @@ impl Server {
         ])
         .arg("--dev-dir")
         .arg(&dev_dir)
-        .args(["--io-memory", "262144", "--log-level"])
-        .arg(std::env::var("MC_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .args(["--io-memory", "262144", "--log-level", level])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn mc");
         let stderr = child.stderr.take().unwrap();
         let err_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let err_lines2 = err_lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                err_lines2.lock().unwrap().push(line);
-            }
-        });
+        let mut unread_stderr = None;
+        if read_stderr {
+            let err_lines2 = err_lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    err_lines2.lock().unwrap().push(line);
+                }
+            });
+        } else {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl on a pipe descriptor we own; the result is checked.
+            let r = unsafe { libc::fcntl(stderr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            assert!(r >= 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+            unread_stderr = Some(stderr);
+        }
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -111,6 +133,7 @@ impl Server {
             signer,
             stdout_lines: lines,
             stderr_lines: err_lines,
+            unread_stderr,
         }
     }
 

@@ -150,7 +150,8 @@ fn write_loop<W: Write>(
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() && out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+        let written = batch.is_empty() || out.write_all(&batch).and_then(|()| out.flush()).is_ok();
+        if !written {
             dropped.fetch_add(lines, Ordering::Relaxed);
         }
         batch.clear();
@@ -158,9 +159,15 @@ fn write_loop<W: Write>(
             let _ = ack.try_send(());
         }
         let lost = dropped.load(Ordering::Relaxed);
-        if lost > reported && rx.is_empty() {
-            notice(lost - reported);
-            reported = lost;
+        if lost > reported {
+            if !written {
+                // The output refuses lines: a notice would be refused too (and, logged through
+                // this queue, would come back as one more loss to report, for ever).
+                reported = lost;
+            } else if rx.is_empty() {
+                notice(lost - reported);
+                reported = lost;
+            }
         }
     }
 }
@@ -319,10 +326,25 @@ mod tests {
                 Ok(())
             }
         }
-        let (q, _t) = start(Broken, 16, |_| {}).unwrap();
+        // As in the process, the loss notice is logged through the queue itself.
+        let slot: Arc<OnceLock<LogQueue>> = Arc::default();
+        let notices = Arc::new(AtomicU64::new(0));
+        let (inner, seen) = (Arc::clone(&slot), Arc::clone(&notices));
+        let (q, _t) = start(Broken, 16, move |n| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            if let Some(q) = inner.get() {
+                log(q, &format!("{n} lines lost\n"));
+            }
+        })
+        .unwrap();
+        assert!(slot.set(q.clone()).is_ok());
         log(&q, "a\n");
         log(&q, "b\n");
         assert!(q.flush(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(q.flush(Duration::from_secs(10)));
+        // Both lines are counted, and a refused notice does not feed itself.
         assert_eq!(q.dropped(), 2);
+        assert_eq!(notices.load(Ordering::Relaxed), 0);
     }
 }

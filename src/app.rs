@@ -32,8 +32,11 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     // Through a queue: a thread that logs never waits for stderr (crate::logging).
     let queue = crate::logging::install_stderr()
         .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
+    // Colours only for a terminal: a file or a log collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(queue);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),

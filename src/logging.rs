@@ -11,7 +11,6 @@
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -30,19 +29,10 @@ enum Item {
 }
 
 /// The logging side: a `MakeWriter` for `tracing_subscriber::fmt` (cheap to clone).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LogQueue {
     tx: Sender<Item>,
     dropped: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for LogQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogQueue")
-            .field("queued", &self.tx.len())
-            .field("dropped", &self.dropped())
-            .finish()
-    }
 }
 
 impl LogQueue {
@@ -107,23 +97,24 @@ impl<'a> MakeWriter<'a> for LogQueue {
     }
 }
 
-/// Starts the writer thread over `out`. `notice` is called on the writer thread with the
-/// number of lines lost since the last call, once the queue has drained after a loss.
+/// Starts the writer thread over `out`; it ends when every [`LogQueue`] clone is gone.
+/// `notice` is called on the writer thread with the number of lines lost since the last
+/// call, once the queue has drained after a loss.
 pub fn start<W>(
     out: W,
     capacity: usize,
     notice: impl Fn(u64) + Send + 'static,
-) -> io::Result<(LogQueue, JoinHandle<()>)>
+) -> io::Result<LogQueue>
 where
     W: Write + Send + 'static,
 {
     let (tx, rx) = bounded(capacity.max(1));
     let dropped = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&dropped);
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("mc-log".into())
         .spawn(move || write_loop(out, &rx, &counter, notice))?;
-    Ok((LogQueue { tx, dropped }, thread))
+    Ok(LogQueue { tx, dropped })
 }
 
 fn write_loop<W: Write>(
@@ -180,7 +171,7 @@ pub fn install_stderr() -> io::Result<LogQueue> {
     if let Some(q) = GLOBAL.get() {
         return Ok(q.clone());
     }
-    let (queue, _thread) = start(io::stderr(), QUEUE_LINES, |lost| {
+    let queue = start(io::stderr(), QUEUE_LINES, |lost| {
         tracing::warn!(
             lines = lost,
             "log output fell behind: lines were dropped (mc_log_lines_dropped_total)"
@@ -250,7 +241,7 @@ mod tests {
         let gate = Gate::default();
         let notices = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&notices);
-        let (q, _t) = start(gate.clone(), 4, move |n| seen.lock().unwrap().push(n)).unwrap();
+        let q = start(gate.clone(), 4, move |n| seen.lock().unwrap().push(n)).unwrap();
         // The writer takes the first line and blocks on the output; the queue then holds 4.
         log(&q, "0\n");
         let t0 = Instant::now();
@@ -285,7 +276,7 @@ mod tests {
     fn lines_come_out_whole_and_in_order() {
         let gate = Gate::default();
         gate.open();
-        let (q, _t) = start(gate.clone(), QUEUE_LINES, |_| {}).unwrap();
+        let q = start(gate.clone(), QUEUE_LINES, |_| {}).unwrap();
         let senders: Vec<_> = (0..4)
             .map(|t| {
                 let q = q.clone();
@@ -330,7 +321,7 @@ mod tests {
         let slot: Arc<OnceLock<LogQueue>> = Arc::default();
         let notices = Arc::new(AtomicU64::new(0));
         let (inner, seen) = (Arc::clone(&slot), Arc::clone(&notices));
-        let (q, _t) = start(Broken, 16, move |n| {
+        let q = start(Broken, 16, move |n| {
             seen.fetch_add(1, Ordering::Relaxed);
             if let Some(q) = inner.get() {
                 log(q, &format!("{n} lines lost\n"));

@@ -177,12 +177,12 @@ impl Rig {
     }
 }
 
-/// Polls every 10 ms until `f` holds (true) or [`PATIENCE`] runs out (false).
 /// The controller reports itself registered with the GC.
 pub fn registered(rig: &Rig) -> bool {
     rig.metric("mc_gc_registered", &[]) == Some(1.0)
 }
 
+/// Polls every 10 ms until `f` holds (true) or [`PATIENCE`] runs out (false).
 pub fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + PATIENCE;
     loop {

@@ -237,8 +237,9 @@ fn a_stuck_log_output_stops_no_shard() {
         assert!(c.wait_closed(T).is_some(), "participant {i} was not let go");
     }
     let metrics = server.metrics();
-    assert!(
-        support::metric_values(&metrics, "mc_log_lines_dropped_total").len() == 1,
+    assert_eq!(
+        support::metric_values(&metrics, "mc_log_lines_dropped_total").len(),
+        1,
         "mc_log_lines_dropped_total is not exported"
     );
 }

@@ -443,6 +443,7 @@ fn import_blocking(shared: &Shared, id: MeetingId, export: MeetingExport) -> Res
     let shards::Totals {
         meetings,
         participants,
+        ..
     } = shards::totals(&views);
     let source = export.source_controller_id.clone();
     let n = export.participants.len();

@@ -764,6 +764,7 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
         let shards::Totals {
             meetings,
             participants,
+            ..
         } = shards::totals(&views);
         let now = Instant::now();
         if meetings == 0 {
@@ -820,7 +821,7 @@ async fn drain_to_exit(shared: Arc<Shared>) -> i32 {
         let views = blocking(move || s.pool.refresh(s.timing.snapshot_timeout))
             .await
             .unwrap_or_default();
-        let connections: usize = views.iter().map(|v| v.snapshot.connections).sum();
+        let connections = shards::totals(&views).connections;
         let now = Instant::now();
         if connections == 0 {
             break;

@@ -75,19 +75,21 @@ impl ShardView {
     }
 }
 
-/// Meetings and participants (those within the resume window included) over every shard's
-/// last good snapshot.
+/// Meetings, participants (those within the resume window included) and open connections
+/// over every shard's last good snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
     pub meetings: usize,
     pub participants: usize,
+    pub connections: usize,
 }
 
-/// Sums the views' meetings and participants.
+/// Sums the views' meetings, participants and connections.
 pub(crate) fn totals(views: &[ShardView]) -> Totals {
     views.iter().fold(Totals::default(), |t, v| Totals {
         meetings: t.meetings + v.snapshot.meetings,
         participants: t.participants + v.snapshot.participants,
+        connections: t.connections + v.snapshot.connections,
     })
 }
 
@@ -307,12 +309,13 @@ mod tests {
 
     #[test]
     fn totals_sum_meetings_and_participants_over_shards() {
-        let view = |meetings, participants| ShardView {
+        let view = |meetings, participants, connections| ShardView {
             shard: 0,
             cpu: None,
             snapshot: ShardSnapshot {
                 meetings,
                 participants,
+                connections,
                 ..ShardSnapshot::default()
             },
             seen: true,
@@ -322,10 +325,11 @@ mod tests {
         };
         assert_eq!(totals(&[]), Totals::default());
         assert_eq!(
-            totals(&[view(2, 5), view(0, 0), view(3, 1)]),
+            totals(&[view(2, 5, 4), view(0, 0, 1), view(3, 1, 2)]),
             Totals {
                 meetings: 5,
-                participants: 6
+                participants: 6,
+                connections: 7,
             }
         );
     }
